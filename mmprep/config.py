@@ -1,0 +1,78 @@
+"""``MMPREP_*`` environment settings, read once at first use (``settings()``)."""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+
+__all__ = ["Settings", "settings"]
+
+
+def _int(name: str, default: int, minimum: int = 0) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    low = raw.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name} must be one of 1/0/true/false/yes/no/on/off, got {raw!r}")
+
+
+def _devices(name: str) -> tuple[int, ...] | None:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return None
+    try:
+        return tuple(int(x) for x in raw.split(",") if x.strip())
+    except ValueError:
+        raise ValueError(f"{name} must be a comma-separated list of GPU ordinals, got {raw!r}") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Process-wide defaults; every one can be overridden per call where the API takes it."""
+
+    max_pixels: int
+    """Largest width*height accepted for a video frame (default 8192*4320)."""
+    max_frames: int
+    """Most frames one ``decode_video`` call may return (default 4096)."""
+    max_bytes: int
+    """Largest encoded input accepted, in bytes (default 2 GiB)."""
+    nvdec_sessions_per_gpu: int
+    """Decoder pool size per GPU; 0 means one per NVDEC engine of that GPU."""
+    nvdec_devices: tuple[int, ...] | None
+    """GPU ordinals the NVDEC pool may use; None means all visible GPUs."""
+    disable_nvdec: bool
+    """Force the CPU backend for ``device="auto"``."""
+    cpu_threads: int
+    """FFmpeg decode threads for the CPU backend; 0 lets FFmpeg choose."""
+
+
+@functools.lru_cache(maxsize=1)
+def settings() -> Settings:
+    """Read the ``MMPREP_*`` variables once; later changes to the environment are not seen."""
+    return Settings(
+        max_pixels=_int("MMPREP_MAX_PIXELS", 8192 * 4320, minimum=1),
+        max_frames=_int("MMPREP_MAX_FRAMES", 4096, minimum=1),
+        max_bytes=_int("MMPREP_MAX_BYTES", 2 << 30, minimum=1),
+        nvdec_sessions_per_gpu=_int("MMPREP_NVDEC_SESSIONS_PER_GPU", 0),
+        nvdec_devices=_devices("MMPREP_NVDEC_DEVICES"),
+        disable_nvdec=_bool("MMPREP_DISABLE_NVDEC", False),
+        cpu_threads=_int("MMPREP_CPU_THREADS", 0),
+    )

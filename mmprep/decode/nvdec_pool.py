@@ -1,0 +1,155 @@
+"""A pool of NVDEC decoder sessions over every GPU, reused across calls.
+
+Creating a decoder (parser, surfaces) costs milliseconds and GPU memory, so sessions are kept
+and handed to the next call with the same codec / bit depth / chroma; a session whose surfaces
+are too small for a stream is replaced. The pool never holds more than ``size`` sessions per
+GPU (default: one per NVDEC engine) and blocks callers past that. A session that saw an error
+is destroyed, never reused, so a bad stream cannot poison the next request.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+logger = logging.getLogger("mmprep.nvdec")
+
+__all__ = ["nvdec_engines", "Session", "NvdecPool"]
+
+# NVDEC engines per GPU by product name (NVIDIA's Video Encode and Decode support matrix).
+_ENGINES = [
+    ("H100", 7), ("H200", 7), ("H20", 7), ("H800", 7), ("GH200", 7), ("B200", 7), ("B100", 7),
+    ("A100", 5), ("A800", 5), ("A30", 4), ("L40", 3), ("L4", 4), ("L20", 3), ("A10", 2),
+    ("A40", 2), ("A16", 4), ("A2", 1), ("T4", 2), ("V100", 1), ("RTX", 1),
+]
+# Smallest surfaces a session is created with, so that most streams reuse it without regrowth.
+MIN_SURFACE = (1920, 1088)
+
+
+def nvdec_engines(device_name: str) -> int:
+    """NVDEC engine count for a GPU product name (2 when the product is not known)."""
+    for key, n in _ENGINES:
+        if key in device_name:
+            return n
+    return 2
+
+
+@dataclass
+class Session:
+    """One decoder on one GPU, with the CUDA stream its work runs on."""
+
+    gpu: int
+    key: tuple
+    max_width: int
+    max_height: int
+    decoder: Any = None
+    stream: Any = None
+    uses: int = field(default=0)
+
+    def fits(self, key: tuple, width: int, height: int) -> bool:
+        return self.key == key and width <= self.max_width and height <= self.max_height
+
+
+class NvdecPool:
+    """Thread-safe pool; ``session()`` lends a decoder for one stream."""
+
+    def __init__(self, gpus: list[int], size: dict[int, int], factory: Callable[[Session], Any]) -> None:
+        if not gpus:
+            raise ValueError("NvdecPool needs at least one GPU")
+        self.gpus = list(gpus)
+        self.size = dict(size)
+        self._factory = factory
+        self._cond = threading.Condition()
+        self._idle: dict[int, list[Session]] = {g: [] for g in gpus}
+        self._live: dict[int, int] = {g: 0 for g in gpus}
+        self._busy: dict[int, int] = {g: 0 for g in gpus}
+        self.created = 0
+        self.peak_live = 0
+
+    def stats(self) -> dict[str, Any]:
+        """Live / busy / idle sessions per GPU, total created, and the peak ever live at once."""
+        with self._cond:
+            return {
+                "size": dict(self.size),
+                "live": dict(self._live),
+                "busy": dict(self._busy),
+                "idle": {g: len(v) for g, v in self._idle.items()},
+                "created": self.created,
+                "peak_live": self.peak_live,
+            }
+
+    def _pick(self, gpus: list[int], key: tuple, width: int, height: int) -> tuple[str, int, Session | None]:
+        # 1) an idle session that fits, on the least busy GPU
+        for g in sorted(gpus, key=lambda g: self._busy[g]):
+            for s in self._idle[g]:
+                if s.fits(key, width, height):
+                    return "reuse", g, s
+        # 2) room for a new session
+        free = [g for g in gpus if self._live[g] < self.size[g]]
+        if free:
+            return "new", min(free, key=lambda g: self._busy[g]), None
+        # 3) replace an idle session that does not fit
+        for g in sorted(gpus, key=lambda g: self._busy[g]):
+            if self._idle[g]:
+                return "replace", g, self._idle[g][0]
+        return "wait", -1, None
+
+    @contextmanager
+    def session(self, key: tuple, width: int, height: int, gpu: int | None = None) -> Iterator[Session]:
+        """Borrow a session able to decode a ``width``x``height`` stream of ``key``; blocks when full."""
+        gpus = self.gpus if gpu is None else [gpu]
+        for g in gpus:
+            if g not in self.size:
+                raise ValueError(f"gpu must be one of {self.gpus}, got {g}")
+        with self._cond:
+            while True:
+                action, g, s = self._pick(gpus, key, width, height)
+                if action != "wait":
+                    break
+                self._cond.wait()
+            if s is not None:
+                self._idle[g].remove(s)
+            if action == "replace":
+                self._live[g] -= 1
+                s.decoder = None  # release the old session's surfaces before creating the new one
+                s = None
+            if s is None:
+                self._live[g] += 1
+                self.peak_live = max(self.peak_live, sum(self._live.values()))
+            self._busy[g] += 1
+        ok = False
+        try:
+            if s is None:
+                s = Session(
+                    gpu=g, key=key, max_width=max(width, MIN_SURFACE[0]), max_height=max(height, MIN_SURFACE[1])
+                )
+                self._factory(s)
+                with self._cond:
+                    self.created += 1
+                logger.debug("created NVDEC session %s on GPU %d (%dx%d)", key, g, s.max_width, s.max_height)
+            s.uses += 1
+            yield s
+            ok = True
+        finally:
+            with self._cond:
+                self._busy[g] -= 1
+                if ok:
+                    self._idle[g].append(s)
+                else:
+                    if s is not None:
+                        s.decoder = None
+                    self._live[g] -= 1
+                self._cond.notify_all()
+
+    def close(self) -> None:
+        """Drop every idle session (busy ones are dropped when returned... and then kept)."""
+        with self._cond:
+            for g, sessions in self._idle.items():
+                for s in sessions:
+                    s.decoder = None
+                self._live[g] -= len(sessions)
+                sessions.clear()

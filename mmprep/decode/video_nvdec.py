@@ -1,0 +1,211 @@
+"""NVDEC video decode with PyNvVideoCodec, from memory, on a pooled decoder session.
+
+Bytes are demuxed by PyNvVideoCodec's FFmpeg demuxer through a read callback (no temp file).
+Only the packets in the decode plan reach the decoder (skipped GOPs, skipped non-reference
+frames, nothing after the last sampled frame). Frames come out as NV12/P016 surfaces, are
+copied (DLPack, on the GPU) into one buffer, then converted to RGB in a single batched pass.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+
+import torch
+
+from ..config import settings
+from ..errors import CorruptMediaError, UnsupportedCodecError
+from ..probe import Probe, StreamInfo
+from ..sampling import DecodePlan
+from .color import nv12_to_rgb
+from .nvdec_pool import NvdecPool, Session, nvdec_engines
+
+logger = logging.getLogger("mmprep.nvdec")
+
+__all__ = ["nvdec_available", "nvdec_supports", "get_pool", "decode_nvdec"]
+
+# codec -> (min width, min height, max width, max height) for 4:2:0 on Turing and newer.
+NVDEC_CAPS = {
+    "h264": (48, 16, 4096, 4096),
+    "hevc": (144, 144, 8192, 8192),
+    "vp9": (128, 128, 8192, 8192),
+    "av1": (128, 128, 8192, 8192),
+}
+
+
+@functools.lru_cache(maxsize=1)
+def _nvc():
+    import PyNvVideoCodec as nvc  # raises where no NVIDIA driver exists, so import lazily
+
+    return nvc
+
+
+@functools.lru_cache(maxsize=1)
+def nvdec_available() -> bool:
+    """True when CUDA, an NVIDIA driver and PyNvVideoCodec are all usable in this process."""
+    if settings().disable_nvdec or not torch.cuda.is_available():
+        return False
+    try:
+        _nvc()
+    except Exception as e:  # ImportError, or RuntimeError from a missing driver library
+        logger.debug("PyNvVideoCodec unavailable: %s", e)
+        return False
+    return True
+
+
+def nvdec_supports(info: StreamInfo) -> str | None:
+    """None when NVDEC can decode this stream, else the reason it cannot."""
+    caps = NVDEC_CAPS.get(info.codec)
+    if caps is None:
+        return f"codec {info.codec!r} is not decoded by mmprep's NVDEC path (supported: {sorted(NVDEC_CAPS)})"
+    if info.chroma != "420":
+        return f"chroma {info.chroma} ({info.pix_fmt}) is not supported by NVDEC output (4:2:0 only)"
+    if info.bit_depth not in (8, 10, 12):
+        return f"bit depth {info.bit_depth} is not supported by NVDEC"
+    min_w, min_h, max_w, max_h = caps
+    if not (min_w <= info.width <= max_w and min_h <= info.height <= max_h):
+        return (
+            f"{info.codec} {info.width}x{info.height} is outside NVDEC limits "
+            f"{min_w}x{min_h}..{max_w}x{max_h}"
+        )
+    return None
+
+
+def _create_decoder(session: Session) -> None:
+    nvc = _nvc()
+    codec_id = session.key[0]
+    with torch.cuda.device(session.gpu):
+        session.stream = torch.cuda.Stream(device=session.gpu)
+        session.decoder = nvc.CreateDecoder(
+            gpuid=session.gpu,
+            codec=codec_id,
+            cudacontext=0,
+            cudastream=session.stream.cuda_stream,
+            usedevicememory=True,
+            maxwidth=session.max_width,
+            maxheight=session.max_height,
+            outputColorType=nvc.OutputColorType.NATIVE,
+        )
+
+
+_pool: NvdecPool | None = None
+_pool_lock = threading.Lock()
+
+
+def get_pool() -> NvdecPool:
+    """The process-wide pool over every GPU (or ``MMPREP_NVDEC_DEVICES``), created on first use."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            cfg = settings()
+            gpus = list(cfg.nvdec_devices) if cfg.nvdec_devices is not None else list(range(torch.cuda.device_count()))
+            size = {
+                g: cfg.nvdec_sessions_per_gpu or nvdec_engines(torch.cuda.get_device_name(g)) for g in gpus
+            }
+            _pool = NvdecPool(gpus, size, _create_decoder)
+            logger.debug("NVDEC pool: %s", size)
+        return _pool
+
+
+class _Reader:
+    """Read callback for PyNvVideoCodec's demuxer: copies the next chunk into its buffer."""
+
+    def __init__(self, data: bytes) -> None:
+        self.view = memoryview(data)
+        self.offset = 0
+
+    def __call__(self, buf) -> int:
+        n = min(len(buf), len(self.view) - self.offset)
+        if n > 0:
+            buf[:n] = self.view[self.offset : self.offset + n]
+            self.offset += n
+        return n
+
+
+class _DemuxMismatch(RuntimeError):
+    """PyNvVideoCodec's demuxer and the PyAV probe disagree on the packet sequence (a bug, not bad media)."""
+
+
+def _frame_tensor(frame) -> torch.Tensor:
+    try:
+        return torch.from_dlpack(frame)
+    except Exception:
+        return torch.as_tensor(frame.cuda()[0], device="cuda")
+
+
+def decode_nvdec(data: bytes, probe: Probe, plan: DecodePlan, count: int, *, gpu: int | None = None) -> torch.Tensor:
+    """Decode the planned packets on NVDEC; return (count,H,W,3) uint8 on the session's GPU."""
+    nvc = _nvc()
+    info = probe.stream
+    reason = nvdec_supports(info)
+    if reason:
+        raise UnsupportedCodecError(reason)
+    try:
+        demuxer = nvc.CreateDemuxer(_Reader(data))
+        key = (demuxer.GetNvCodecId(), info.bit_depth, info.chroma)
+    except Exception as e:
+        raise CorruptMediaError(f"NVDEC demuxer rejected the stream ({type(e).__name__}: {e})") from e
+    feed = set(plan.feed)
+    last = plan.feed[-1] if plan.feed else -1
+    packet_of_frame = probe.packet_of_frame()
+    with get_pool().session(key, info.width, info.height, gpu=gpu) as session:
+        device = torch.device("cuda", session.gpu)
+        caller_stream = torch.cuda.current_stream(device)
+        out = None
+        try:
+            with torch.cuda.device(session.gpu), torch.cuda.stream(session.stream):
+                nv_pts_to_ordinal: dict[int, int] = {}
+                filled = 0
+                produced = 0
+
+                def take(frames) -> None:
+                    nonlocal out, filled, produced
+                    for frame in frames:
+                        if plan.sequential:
+                            ordinal = packet_of_frame[produced] if produced < info.num_frames else None
+                        else:
+                            ordinal = nv_pts_to_ordinal.get(frame.getPTS())
+                        produced += 1
+                        positions = plan.slots.get(ordinal) if ordinal is not None else None
+                        if not positions:
+                            continue
+                        src = _frame_tensor(frame)
+                        if out is None:
+                            out = torch.empty((count, *src.shape), dtype=src.dtype, device=device)
+                        elif src.shape != out.shape[1:]:
+                            raise CorruptMediaError(
+                                f"frame surface changed mid-stream: {tuple(src.shape)} vs {tuple(out.shape[1:])}"
+                            )
+                        for pos in positions:
+                            out[pos].copy_(src)
+                        filled += len(positions)
+
+                ordinal = -1
+                try:
+                    for packet in demuxer:
+                        ordinal += 1
+                        if ordinal > last:
+                            break
+                        if ordinal in feed:
+                            if bool(packet.key) != probe.keyframe[ordinal]:
+                                raise _DemuxMismatch(
+                                    f"demuxers disagree at packet {ordinal}: "
+                                    f"key={bool(packet.key)} vs {probe.keyframe[ordinal]}"
+                                )
+                            nv_pts_to_ordinal[packet.pts] = ordinal
+                            take(session.decoder.Decode(packet))
+                    take(session.decoder.Decode(nvc.PacketData()))  # end of stream: flush the reorder queue
+                except (CorruptMediaError, _DemuxMismatch):
+                    raise
+                except Exception as e:
+                    raise CorruptMediaError(f"NVDEC {info.codec} decode failed ({type(e).__name__}: {e})") from e
+                if filled != count or out is None:
+                    raise CorruptMediaError(f"NVDEC {info.codec} decoder produced {filled} of {count} requested frames")
+            # Convert on the caller's stream so the result belongs to it (allocator-safe).
+            caller_stream.wait_stream(session.stream)
+            out.record_stream(caller_stream)
+            with torch.cuda.device(session.gpu), torch.cuda.stream(caller_stream):
+                return nv12_to_rgb(out, info.height, info.width, matrix=info.matrix, full_range=info.full_range)
+        finally:
+            out = None  # free the NV12 buffer now, also when an error's traceback outlives this call

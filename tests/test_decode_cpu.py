@@ -1,0 +1,120 @@
+import io
+
+import av
+import numpy as np
+import pytest
+import torch
+
+import mmprep
+from mmprep.testing import read_index
+
+from .conftest import clip
+
+CODECS = ["h264", "hevc", "vp9", "av1"]
+SIZES = [(322, 242), (640, 360)]
+
+
+def pyav_reference(data: bytes) -> np.ndarray:
+    """PyAV's own full decode to RGB, the reference the CPU backend must agree with."""
+    with av.open(io.BytesIO(data)) as c:
+        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+
+
+@pytest.mark.parametrize("codec", CODECS)
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_full_decode_matches_pyav_and_is_in_order(codec, size):
+    data = clip(codec, width=size[0], height=size[1], frames=40)
+    v = mmprep.decode_video(data, device="cpu")
+    assert v.backend == "cpu" and v.codec == codec
+    assert v.frames.shape == (40, size[1], size[0], 3) and v.frames.dtype == torch.uint8
+    assert v.indices == list(range(40)) and v.total_frames == 40
+    assert [read_index(f) for f in v.frames.numpy()] == list(range(40))
+    ref = pyav_reference(data)
+    diff = np.abs(v.frames.numpy().astype(np.int16) - ref.astype(np.int16))
+    assert diff.mean() < 1.5, diff.mean()
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_sampled_frames_are_the_right_ones(codec):
+    data = clip(codec, frames=48, fps=24)
+    v = mmprep.decode_video(data, num_frames=8, device="cpu")
+    assert v.indices == np.linspace(0, 47, 8, dtype=int).tolist()
+    assert [read_index(f) for f in v.frames.numpy()] == v.indices
+    assert v.timestamps == pytest.approx([i / 24 for i in v.indices], abs=1e-3)
+    v = mmprep.decode_video(data, fps=2, device="cpu")  # 2 s clip at 2 fps -> 4 frames
+    assert len(v.indices) == 4 and [read_index(f) for f in v.frames.numpy()] == v.indices
+
+
+def test_metadata():
+    data = clip("h264", frames=48, fps=24)
+    v = mmprep.decode_video(data, num_frames=4, device="cpu")
+    assert (v.fps, v.duration, v.total_frames, v.width, v.height) == (24.0, 2.0, 48, 322, 242)
+    meta = v.vllm_metadata()
+    assert meta["frames_indices"] == v.indices and meta["total_num_frames"] == 48
+    assert meta["do_sample_frames"] is False and meta["video_backend"] == "mmprep-cpu"
+    assert "frames=(4, 242, 322, 3)" in repr(v)
+
+
+def test_every_source_type(tmp_path):
+    data = clip("h264", frames=12)
+    path = tmp_path / "clip.mp4"
+    path.write_bytes(data)
+    want = mmprep.decode_video(data, device="cpu").frames
+    for src in (bytearray(data), memoryview(data), str(path), path, io.BytesIO(data), open(path, "rb")):
+        got = mmprep.decode_video(src, device="cpu").frames
+        assert torch.equal(got, want), type(src)
+
+
+def test_explicit_indices_any_order_with_repeats():
+    data = clip("h264", frames=48)
+    v = mmprep.decode_video(data, indices=[30, 2, 30, 47], device="cpu")
+    assert [read_index(f) for f in v.frames.numpy()] == [30, 2, 30, 47]
+    with pytest.raises(ValueError, match="indices"):
+        mmprep.decode_video(data, indices=[48], device="cpu")
+    with pytest.raises(ValueError, match="either indices"):
+        mmprep.decode_video(data, indices=[1], num_frames=3, device="cpu")
+
+
+def test_mkv_and_other_containers():
+    data = clip("h264", frames=20, container="matroska")
+    v = mmprep.decode_video(data, num_frames=5, device="cpu")
+    assert [read_index(f) for f in v.frames.numpy()] == v.indices
+
+
+def test_bt709_tagged_stream_uses_its_matrix():
+    import io as _io
+
+    from mmprep.testing import synthetic_frame
+
+    buf = _io.BytesIO()
+    with av.open(buf, "w", format="mp4") as out:
+        s = out.add_stream("libx264", rate=24)
+        s.width, s.height, s.pix_fmt = 320, 240, "yuv420p"
+        s.codec_context.colorspace = 1  # BT.709
+        s.options = {"preset": "veryfast"}
+        for i in range(4):
+            for p in s.encode(av.VideoFrame.from_ndarray(synthetic_frame(i, 320, 240), format="rgb24")):
+                out.mux(p)
+        for p in s.encode():
+            out.mux(p)
+    v = mmprep.decode_video(buf.getvalue(), device="cpu")
+    from mmprep.probe import probe
+
+    assert probe(buf.getvalue(), max_pixels=1 << 30).stream.matrix == "bt709"
+    assert [read_index(f) for f in v.frames.numpy()] == [0, 1, 2, 3]
+
+
+def test_device_argument_is_validated():
+    data = clip("h264", frames=4)
+    for bad in ("tpu", "cuda:x", 3):
+        with pytest.raises(ValueError, match="device must be"):
+            mmprep.decode_video(data, device=bad)
+
+
+def test_import_needs_no_gpu():
+    import subprocess
+    import sys
+
+    code = "import mmprep, sys; assert 'PyNvVideoCodec' not in sys.modules; print('ok')"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "ok"

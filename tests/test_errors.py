@@ -1,0 +1,52 @@
+import pytest
+
+import mmprep
+from mmprep.source import read_source
+
+from .hostile import cases
+
+CASES = cases()
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_bad_media_raises_media_error_naming_the_cause(name):
+    data, kwargs, err = CASES[name]
+    with pytest.raises(err) as e:
+        mmprep.decode_video(data, device="cpu", **kwargs)
+    assert isinstance(e.value, ValueError) and isinstance(e.value, mmprep.MediaError)
+    assert len(str(e.value)) > 10
+
+
+def test_messages_name_the_cause():
+    msg = {n: "" for n in CASES}
+    for name, (data, kwargs, _) in CASES.items():
+        try:
+            mmprep.decode_video(data, device="cpu", **kwargs)
+        except mmprep.MediaError as e:
+            msg[name] = str(e)
+    assert "empty" in msg["empty"]
+    assert "truncated" in msg["truncated_faststart"]
+    assert "no video stream" in msg["no_video_stream"]
+    assert "max_pixels" in msg["over_max_pixels"]
+    assert "max_frames" in msg["over_max_frames"]
+
+
+def test_oversized_input_refused_before_reading():
+    with pytest.raises(mmprep.MediaTooLargeError, match="max_bytes"):
+        read_source(b"x" * 101, max_bytes=100)
+
+
+def test_auto_device_also_raises_media_error():
+    data, kwargs, err = CASES["random"]
+    with pytest.raises(mmprep.MediaError):
+        mmprep.decode_video(data, device="auto", **kwargs)
+
+
+def test_200_bad_inputs_in_a_row_then_a_good_one():
+    names = sorted(CASES)
+    for i in range(200):
+        data, kwargs, err = CASES[names[i % len(names)]]
+        with pytest.raises(err):
+            mmprep.decode_video(data, device="cpu", **kwargs)
+    good = CASES["over_max_frames"][0]
+    assert mmprep.decode_video(good, num_frames=4, device="cpu").frames.shape[0] == 4

@@ -1,0 +1,171 @@
+"""NVDEC backend on a real GPU: correctness against the CPU backend, concurrency, pool bounds,
+hostile input without leaks. Skipped where CUDA is absent (see conftest)."""
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+import mmprep
+from mmprep.decode import get_pool
+from mmprep.testing import read_index
+
+from .conftest import clip, report
+from .hostile import cases
+
+pytestmark = pytest.mark.gpu
+
+CODECS = ["h264", "hevc", "vp9", "av1"]
+SIZES = [(322, 242), (640, 360), (1280, 720)]
+
+
+def diff_stats(a: torch.Tensor, b: torch.Tensor) -> dict:
+    d = (a.cpu().to(torch.int16) - b.cpu().to(torch.int16)).abs().float()
+    return {"mean": d.mean().item(), "p99": torch.quantile(d.flatten()[:: max(1, d.numel() // 2_000_000)], 0.99).item(), "max": d.max().item()}
+
+
+@pytest.mark.parametrize("codec", CODECS)
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_nvdec_matches_cpu_backend(codec, size):
+    data = clip(codec, width=size[0], height=size[1], frames=40)
+    gpu = mmprep.decode_video(data, device="cuda")
+    cpu = mmprep.decode_video(data, device="cpu")
+    assert gpu.backend == "nvdec" and gpu.frames.is_cuda
+    assert gpu.frames.shape == cpu.frames.shape == (40, size[1], size[0], 3)
+    assert gpu.indices == cpu.indices and gpu.timestamps == cpu.timestamps
+    assert [read_index(f) for f in gpu.frames.cpu().numpy()] == list(range(40))
+    s = diff_stats(gpu.frames, cpu.frames)
+    report("nvdec_vs_cpu", codec=codec, size=f"{size[0]}x{size[1]}", **s)
+    assert s["mean"] <= 2.0
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_nvdec_sampling_picks_the_right_frames(codec):
+    data = clip(codec, frames=96, gop=24, bframes=3 if codec in ("h264", "hevc") else 0)
+    for kwargs in ({"num_frames": 8}, {"fps": 1}, {"indices": [95, 3, 50, 50]}):
+        gpu = mmprep.decode_video(data, device="cuda", **kwargs)
+        cpu = mmprep.decode_video(data, device="cpu", **kwargs)
+        assert gpu.indices == cpu.indices
+        assert [read_index(f) for f in gpu.frames.cpu().numpy()] == gpu.indices
+        assert diff_stats(gpu.frames, cpu.frames)["mean"] <= 2.0
+
+
+def test_every_frame_alone_on_nvdec():
+    for codec in ("h264", "hevc"):
+        data = clip(codec, frames=72, gop=24, bframes=4)
+        full = mmprep.decode_video(data, device="cuda")
+        for i in range(72):
+            one = mmprep.decode_video(data, indices=[i], device="cuda")
+            assert torch.equal(one.frames[0], full.frames[i]), (codec, i)
+
+
+def test_auto_picks_nvdec_and_falls_back_for_tiny_hevc():
+    assert mmprep.decode_video(clip("h264", frames=8), device="auto").backend == "nvdec"
+    tiny = clip("hevc", width=96, height=64, frames=8)  # under NVDEC's HEVC minimum 144x144
+    assert mmprep.decode_video(tiny, device="auto").backend == "cpu"
+    with pytest.raises(mmprep.UnsupportedCodecError, match="outside NVDEC limits"):
+        mmprep.decode_video(tiny, device="cuda")
+
+
+def test_ten_bit_hevc():
+    data = clip("hevc", width=640, height=360, frames=16, pix_fmt="yuv420p10le")
+    gpu = mmprep.decode_video(data, device="cuda")
+    cpu = mmprep.decode_video(data, device="cpu")
+    assert [read_index(f) for f in gpu.frames.cpu().numpy()] == list(range(16))
+    s = diff_stats(gpu.frames, cpu.frames)
+    report("nvdec_vs_cpu_10bit", **s)
+    assert s["mean"] <= 2.0
+
+
+def test_sixteen_threads_concurrently_and_pool_bounded():
+    pool = get_pool()
+    clips = [clip(c, width=640, height=360, frames=48) for c in ("h264", "hevc", "vp9")]
+    want = [mmprep.decode_video(d, num_frames=12, device="cpu").frames for d in clips]
+    errors, ok = [], [0]
+    lock = threading.Lock()
+
+    def work(t):
+        try:
+            for k in range(6):
+                i = (t + k) % len(clips)
+                v = mmprep.decode_video(clips[i], num_frames=12, device="cuda")
+                assert [read_index(f) for f in v.frames.cpu().numpy()] == v.indices
+                assert diff_stats(v.frames, want[i])["mean"] <= 2.0
+                with lock:
+                    ok[0] += 1
+        except Exception as e:  # surfaced below
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    st = pool.stats()
+    report("concurrency", ok=ok[0], stats=st)
+    assert not errors, errors[:3]
+    assert ok[0] == 96
+    assert st["peak_live"] <= sum(st["size"].values())
+    for g in st["live"]:
+        assert st["live"][g] <= st["size"][g] and st["busy"][g] == 0
+
+
+def test_sessions_are_reused_across_calls():
+    data = clip("h264", frames=24)
+    mmprep.decode_video(data, device="cuda")
+    before = get_pool().stats()["created"]
+    for _ in range(10):
+        mmprep.decode_video(data, num_frames=4, device="cuda")
+    assert get_pool().stats()["created"] == before
+
+
+def test_unsupported_codec_on_cuda():
+    import io
+
+    import av
+
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="avi") as out:
+        s = out.add_stream("mjpeg", rate=10)
+        s.width, s.height, s.pix_fmt = 320, 240, "yuvj420p"
+        for i in range(3):
+            for p in s.encode(av.VideoFrame.from_ndarray(np.zeros((240, 320, 3), np.uint8), format="rgb24")):
+                out.mux(p)
+        for p in s.encode():
+            out.mux(p)
+    with pytest.raises(mmprep.UnsupportedCodecError, match="mjpeg"):
+        mmprep.decode_video(buf.getvalue(), device="cuda")
+    assert mmprep.decode_video(buf.getvalue(), device="auto").backend == "cpu"
+
+
+def test_hostile_inputs_on_cuda_leave_no_leak():
+    bad = cases()
+    # a stream NVDEC accepts at probe time but whose packets are garbage
+    good = clip("h264", width=640, height=360, frames=24)
+    garbled = bytearray(good)
+    rng = np.random.default_rng(7)
+    garbled[len(good) // 3 : len(good) * 2 // 3] = rng.integers(0, 256, len(good) // 3, dtype=np.uint8).tobytes()
+    bad["garbled_payload"] = (bytes(garbled), {}, (mmprep.MediaError, type(None)))
+    mmprep.decode_video(good, device="cuda")  # warm: pool session + allocator
+    torch.cuda.synchronize()
+    pool = get_pool()
+    base_mem = torch.cuda.memory_allocated()
+    base = pool.stats()
+    names = sorted(bad)
+    raised = 0
+    for i in range(200):
+        data, kwargs, err = bad[names[i % len(names)]]
+        try:
+            mmprep.decode_video(data, device="cuda", **kwargs)
+        except mmprep.MediaError:
+            raised += 1
+    torch.cuda.synchronize()
+    after = pool.stats()
+    report("hostile_cuda", raised=raised, base_mem=base_mem, after_mem=torch.cuda.memory_allocated(), base=base, after=after)
+    assert raised >= 200 - 200 // len(names) - 1
+    assert torch.cuda.memory_allocated() == base_mem
+    assert all(v == 0 for v in after["busy"].values())
+    assert sum(after["live"].values()) <= sum(after["size"].values())
+    v = mmprep.decode_video(good, num_frames=4, device="cuda")
+    assert [read_index(f) for f in v.frames.cpu().numpy()] == v.indices

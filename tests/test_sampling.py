@@ -1,0 +1,97 @@
+import math
+
+import numpy as np
+import pytest
+
+import mmprep
+from mmprep.probe import probe
+from mmprep.sampling import plan_decode, sample_indices
+
+from .conftest import clip
+
+
+def vllm_uniform(total, duration, num_frames, fps):
+    """vLLM 0.32 VideoBackend.compute_frames_index_to_sample, restated for the test."""
+    n = total
+    if num_frames > 0:
+        n = min(num_frames, total)
+    if fps > 0:
+        n = min(n, math.floor(duration * fps))
+    n = max(1, n)
+    if n == total:
+        return list(range(n))
+    return np.linspace(0, total - 1, n, dtype=int).tolist()
+
+
+@pytest.mark.parametrize("total,fps_src", [(1, 30.0), (48, 24.0), (300, 30.0), (301, 29.97), (1000, 60.0)])
+@pytest.mark.parametrize("num_frames,fps", [(None, None), (8, None), (32, None), (None, 2), (32, 2), (500, 0.5)])
+def test_sample_indices_matches_vllm(total, fps_src, num_frames, fps):
+    duration = total / fps_src
+    got = sample_indices(total, duration, num_frames=num_frames, fps=fps)
+    want = vllm_uniform(total, duration, num_frames or -1, fps or -1)
+    assert got == want
+    assert got == sorted(set(got)) and 0 <= got[0] and got[-1] < total
+
+
+def test_sample_indices_against_real_vllm():
+    video = pytest.importorskip("vllm.multimodal.video")
+    base = pytest.importorskip("vllm.multimodal.video_decoders.base")
+    for total, fps_src, n, f in [(300, 30.0, 32, -1), (300, 30.0, -1, 2), (97, 24.0, 16, 1)]:
+        src = base.VideoSourceMetadata(total_frames_num=total, original_fps=fps_src, duration=total / fps_src)
+        tgt = base.VideoTargetMetadata(num_frames=n, fps=f, max_duration=300)
+        want = video.VideoBackend.compute_frames_index_to_sample(src, tgt)
+        assert sample_indices(total, total / fps_src, num_frames=n, fps=f) == list(want)
+
+
+@pytest.mark.parametrize("bad", [{"num_frames": 0}, {"num_frames": -3}, {"fps": 0}, {"fps": -2}, {"num_frames": 2.5}])
+def test_sample_indices_rejects_bad_arguments(bad):
+    with pytest.raises(ValueError) as e:
+        sample_indices(10, 1.0, **bad)
+    assert next(iter(bad)) in str(e.value)
+
+
+def test_sample_indices_rejects_non_numbers():
+    with pytest.raises(TypeError, match="num_frames"):
+        sample_indices(10, 1.0, num_frames="8")
+
+
+def test_plan_skips_gops_and_stops_after_last_frame():
+    data = clip("h264", frames=96, gop=12, bframes=2)
+    p = probe(data, max_pixels=1 << 30)
+    assert p.stream.num_frames == 96 and sum(p.keyframe) == 8
+    plan = plan_decode(p, [50])
+    gop_start = max(i for i, k in enumerate(p.keyframe[: p.packet_of_frame()[50] + 1]) if k)
+    assert plan.feed[0] == gop_start
+    assert plan.feed[-1] == p.packet_of_frame()[50]
+    assert len(plan.feed) <= 12
+    full = plan_decode(p, list(range(96)))
+    assert full.feed == list(range(96))
+
+
+def test_plan_drops_unsampled_disposable_frames():
+    data = clip("h264", frames=48, gop=48, bframes=3)
+    p = probe(data, max_pixels=1 << 30)
+    assert any(p.disposable), "x264 with B-frames should produce non-reference B-frames"
+    plan = plan_decode(p, [47])
+    skipped = set(range(plan.feed[0], plan.feed[-1] + 1)) - set(plan.feed)
+    assert skipped and all(p.disposable[i] for i in skipped)
+
+
+def test_decoding_with_plan_gives_same_frames_as_full_decode():
+    """The real proof that skipped packets were safe: frames equal a full decode's."""
+    data = clip("h264", frames=96, gop=24, bframes=3)
+    full = mmprep.decode_video(data, device="cpu")
+    for n in (5, 9, 17):
+        part = mmprep.decode_video(data, num_frames=n, device="cpu")
+        assert (part.frames == full.frames[part.indices]).all()
+
+
+@pytest.mark.parametrize("codec,bframes", [("h264", 3), ("hevc", 4)])
+def test_every_frame_decoded_alone_equals_full_decode(codec, bframes):
+    """Single-frame plans (GOP skip, leading pictures, dropped non-reference frames) are exact."""
+    data = clip(codec, frames=72, gop=24, bframes=bframes)
+    full = mmprep.decode_video(data, device="cpu")
+    for i in range(72):
+        one = mmprep.decode_video(data, indices=[i], device="cpu")
+        assert one.indices == [i]
+        assert (one.frames[0] == full.frames[i]).all(), f"frame {i}"
