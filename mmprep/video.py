@@ -137,19 +137,26 @@ def decode_video(
             raise RuntimeError(
                 f"device={device!r} needs CUDA, an NVIDIA driver and PyNvVideoCodec; use device='auto' or 'cpu'"
             )
-        reason = nvdec_supports(st)
+        reason = nvdec_supports(st, gpu)
         if reason:
             raise UnsupportedCodecError(reason)
         backend = "nvdec"
     elif kind == "auto" and nvdec_available():
-        reason = nvdec_supports(st)
+        reason = nvdec_supports(st, gpu)
         if reason:
             logger.debug("decode_video: CPU fallback: %s", reason)
         else:
             backend = "nvdec"
+    frames = None
     if backend == "nvdec":
-        frames = decode_nvdec(data, info, plan, len(indices), gpu=gpu)
-    else:
+        try:
+            frames = decode_nvdec(data, info, plan, len(indices), gpu=gpu)
+        except UnsupportedCodecError as e:
+            if kind != "auto":
+                raise
+            logger.debug("decode_video: CPU fallback: %s", e)
+            backend = "cpu"
+    if frames is None:
         frames = decode_cpu(data, info, plan, len(indices), threads=cfg.cpu_threads)
     logger.debug(
         "decode_video: %s %dx%d, %d of %d frames, decoded %d packets on %s",

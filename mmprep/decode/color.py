@@ -53,10 +53,9 @@ def yuv420_to_rgb(
 def nv12_to_rgb(
     frames: torch.Tensor, height: int, width: int, *, matrix: str, full_range: bool
 ) -> torch.Tensor:
-    """(T, H + ceil(H/2), W) NV12 (uint8) or P016 (uint16-like int) frames -> (T,H,W,3) uint8 RGB."""
+    """(T, H + ceil(H/2), W) uint8 NV12 frames -> (T,H,W,3) uint8 RGB."""
     y = frames[:, :height, :width]
     ch = (height + 1) // 2
     cw = (width + 1) // 2
     uv = frames[:, height : height + ch, : 2 * cw].reshape(frames.shape[0], ch, cw, 2)
-    max_value = 255 if frames.dtype == torch.uint8 else 65535
-    return yuv420_to_rgb(y, uv[..., 0], uv[..., 1], matrix=matrix, full_range=full_range, max_value=max_value)
+    return yuv420_to_rgb(y, uv[..., 0], uv[..., 1], matrix=matrix, full_range=full_range)

@@ -49,9 +49,16 @@ class Session:
     decoder: Any = None
     stream: Any = None
     uses: int = field(default=0)
+    width: int = 0
+    """Size of the last stream decoded (0 before the first)."""
+    height: int = 0
 
-    def fits(self, key: tuple, width: int, height: int) -> bool:
-        return self.key == key and width <= self.max_width and height <= self.max_height
+    def fits(self, key: tuple, width: int, height: int, exact: bool = False) -> bool:
+        if self.key != key:
+            return False
+        if exact:
+            return (self.width, self.height) in ((width, height), (0, 0))
+        return width <= self.max_width and height <= self.max_height
 
 
 class NvdecPool:
@@ -82,32 +89,40 @@ class NvdecPool:
                 "peak_live": self.peak_live,
             }
 
-    def _pick(self, gpus: list[int], key: tuple, width: int, height: int) -> tuple[str, int, Session | None]:
-        # 1) an idle session that fits, on the least busy GPU
-        for g in sorted(gpus, key=lambda g: self._busy[g]):
-            for s in self._idle[g]:
-                if s.fits(key, width, height):
-                    return "reuse", g, s
+    def _pick(
+        self, gpus: list[int], key: tuple, width: int, height: int, exact: bool
+    ) -> tuple[str, int, Session | None]:
+        by_load = sorted(gpus, key=lambda g: self._busy[g])
+        # 1) an idle session that last decoded this very size, then (unless exact) one that fits
+        for must_match in (True, False) if not exact else (True,):
+            for g in by_load:
+                for s in self._idle[g]:
+                    if s.fits(key, width, height, exact=must_match):
+                        return "reuse", g, s
         # 2) room for a new session
         free = [g for g in gpus if self._live[g] < self.size[g]]
         if free:
             return "new", min(free, key=lambda g: self._busy[g]), None
         # 3) replace an idle session that does not fit
-        for g in sorted(gpus, key=lambda g: self._busy[g]):
+        for g in by_load:
             if self._idle[g]:
                 return "replace", g, self._idle[g][0]
         return "wait", -1, None
 
     @contextmanager
-    def session(self, key: tuple, width: int, height: int, gpu: int | None = None) -> Iterator[Session]:
-        """Borrow a session able to decode a ``width``x``height`` stream of ``key``; blocks when full."""
+    def session(
+        self, key: tuple, width: int, height: int, gpu: int | None = None, exact: bool = False
+    ) -> Iterator[Session]:
+        """Borrow a session able to decode a ``width``x``height`` stream of ``key``; blocks when full.
+
+        ``exact`` reuses only a session that last decoded this very size (else a new one)."""
         gpus = self.gpus if gpu is None else [gpu]
         for g in gpus:
             if g not in self.size:
                 raise ValueError(f"gpu must be one of {self.gpus}, got {g}")
         with self._cond:
             while True:
-                action, g, s = self._pick(gpus, key, width, height)
+                action, g, s = self._pick(gpus, key, width, height, exact)
                 if action != "wait":
                     break
                 self._cond.wait()
@@ -133,6 +148,7 @@ class NvdecPool:
                 logger.debug("created NVDEC session %s on GPU %d (%dx%d)", key, g, s.max_width, s.max_height)
             s.uses += 1
             yield s
+            s.width, s.height = width, height
             ok = True
         finally:
             with self._cond:
@@ -146,7 +162,7 @@ class NvdecPool:
                 self._cond.notify_all()
 
     def close(self) -> None:
-        """Drop every idle session (busy ones are dropped when returned... and then kept)."""
+        """Drop every idle session; sessions in use are kept by their borrowers until returned."""
         with self._cond:
             for g, sessions in self._idle.items():
                 for s in sessions:

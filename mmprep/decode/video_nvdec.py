@@ -54,8 +54,15 @@ def nvdec_available() -> bool:
     return True
 
 
-def nvdec_supports(info: StreamInfo) -> str | None:
+# (gpu, codec, bit depth) that a GPU's NVDEC refused at run time (e.g. AV1 on H100).
+_unsupported_here: set[tuple[int, str, int]] = set()
+
+
+def nvdec_supports(info: StreamInfo, gpu: int | None = None) -> str | None:
     """None when NVDEC can decode this stream, else the reason it cannot."""
+    refused = [g for (g, c, b) in _unsupported_here if c == info.codec and b == info.bit_depth]
+    if refused and (gpu in refused or (gpu is None and len(refused) >= torch.cuda.device_count())):
+        return f"NVDEC of this GPU does not support {info.codec} {info.bit_depth}-bit (refused earlier)"
     caps = NVDEC_CAPS.get(info.codec)
     if caps is None:
         return f"codec {info.codec!r} is not decoded by mmprep's NVDEC path (supported: {sorted(NVDEC_CAPS)})"
@@ -127,6 +134,15 @@ class _DemuxMismatch(RuntimeError):
     """PyNvVideoCodec's demuxer and the PyAV probe disagree on the packet sequence (a bug, not bad media)."""
 
 
+class _StaleSurface(RuntimeError):
+    """A reused session returned surfaces of its previous stream's size (seen on a resolution change)."""
+
+
+# Whether a session may be reused for a stream of another size. Cleared, for the life of the
+# process, the first time a reused session hands back a surface of the wrong size.
+_reuse_across_sizes = True
+
+
 def _frame_tensor(frame) -> torch.Tensor:
     try:
         return torch.from_dlpack(frame)
@@ -134,13 +150,38 @@ def _frame_tensor(frame) -> torch.Tensor:
         return torch.as_tensor(frame.cuda()[0], device="cuda")
 
 
+def _nv12_8bit(src: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """View a decoded NV12 / P016 surface as (H + ceil(H/2), W) uint8 NV12 (P016: its high bytes)."""
+    rows = height + (height + 1) // 2
+    if src.ndim == 2 and src.shape[0] == rows:
+        if src.dtype == torch.uint8 and src.shape[1] == width:
+            return src
+        if src.dtype == torch.uint8 and src.shape[1] == 2 * width:
+            return src[:, 1::2]  # little-endian 16-bit samples: the odd bytes are the 8 MSBs
+        if src.dtype in (torch.int16, torch.uint16) and src.shape[1] == width:
+            return ((src.view(torch.int16) >> 8) & 0xFF).to(torch.uint8)
+    raise _StaleSurface(f"surface {tuple(src.shape)} {src.dtype} does not match a {width}x{height} stream")
+
+
 def decode_nvdec(data: bytes, probe: Probe, plan: DecodePlan, count: int, *, gpu: int | None = None) -> torch.Tensor:
     """Decode the planned packets on NVDEC; return (count,H,W,3) uint8 on the session's GPU."""
-    nvc = _nvc()
-    info = probe.stream
-    reason = nvdec_supports(info)
+    global _reuse_across_sizes
+    reason = nvdec_supports(probe.stream, gpu)
     if reason:
         raise UnsupportedCodecError(reason)
+    try:
+        return _decode(data, probe, plan, count, gpu, exact=not _reuse_across_sizes)
+    except _StaleSurface as e:
+        if not _reuse_across_sizes:
+            raise CorruptMediaError(f"NVDEC {probe.stream.codec}: {e}") from e
+        logger.debug("NVDEC session reuse across sizes disabled: %s", e)
+        _reuse_across_sizes = False
+        return _decode(data, probe, plan, count, gpu, exact=True)
+
+
+def _decode(data: bytes, probe: Probe, plan: DecodePlan, count: int, gpu: int | None, exact: bool) -> torch.Tensor:
+    nvc = _nvc()
+    info = probe.stream
     try:
         demuxer = nvc.CreateDemuxer(_Reader(data))
         key = (demuxer.GetNvCodecId(), info.bit_depth, info.chroma)
@@ -149,18 +190,21 @@ def decode_nvdec(data: bytes, probe: Probe, plan: DecodePlan, count: int, *, gpu
     feed = set(plan.feed)
     last = plan.feed[-1] if plan.feed else -1
     packet_of_frame = probe.packet_of_frame()
-    with get_pool().session(key, info.width, info.height, gpu=gpu) as session:
+    rows = info.height + (info.height + 1) // 2
+    with get_pool().session(key, info.width, info.height, gpu=gpu, exact=exact) as session:
         device = torch.device("cuda", session.gpu)
         caller_stream = torch.cuda.current_stream(device)
-        out = None
+        out = torch.empty((count, rows, info.width), dtype=torch.uint8, device=device)
         try:
+            if session.width and (session.width, session.height) != (info.width, info.height):
+                session.decoder.setReconfigParams(info.width, info.height)
             with torch.cuda.device(session.gpu), torch.cuda.stream(session.stream):
                 nv_pts_to_ordinal: dict[int, int] = {}
                 filled = 0
                 produced = 0
 
                 def take(frames) -> None:
-                    nonlocal out, filled, produced
+                    nonlocal filled, produced
                     for frame in frames:
                         if plan.sequential:
                             ordinal = packet_of_frame[produced] if produced < info.num_frames else None
@@ -170,13 +214,7 @@ def decode_nvdec(data: bytes, probe: Probe, plan: DecodePlan, count: int, *, gpu
                         positions = plan.slots.get(ordinal) if ordinal is not None else None
                         if not positions:
                             continue
-                        src = _frame_tensor(frame)
-                        if out is None:
-                            out = torch.empty((count, *src.shape), dtype=src.dtype, device=device)
-                        elif src.shape != out.shape[1:]:
-                            raise CorruptMediaError(
-                                f"frame surface changed mid-stream: {tuple(src.shape)} vs {tuple(out.shape[1:])}"
-                            )
+                        src = _nv12_8bit(_frame_tensor(frame), info.height, info.width)
                         for pos in positions:
                             out[pos].copy_(src)
                         filled += len(positions)
@@ -196,16 +234,22 @@ def decode_nvdec(data: bytes, probe: Probe, plan: DecodePlan, count: int, *, gpu
                             nv_pts_to_ordinal[packet.pts] = ordinal
                             take(session.decoder.Decode(packet))
                     take(session.decoder.Decode(nvc.PacketData()))  # end of stream: flush the reorder queue
-                except (CorruptMediaError, _DemuxMismatch):
+                except (CorruptMediaError, _DemuxMismatch, _StaleSurface):
                     raise
+                except nvc.PyNvVCExceptionUnsupported as e:
+                    _unsupported_here.add((session.gpu, info.codec, info.bit_depth))
+                    raise UnsupportedCodecError(
+                        f"NVDEC on GPU {session.gpu} cannot decode {info.codec} {info.bit_depth}-bit "
+                        f"{info.width}x{info.height}: {' '.join(str(e).split())}"
+                    ) from e
                 except Exception as e:
                     raise CorruptMediaError(f"NVDEC {info.codec} decode failed ({type(e).__name__}: {e})") from e
-                if filled != count or out is None:
+                if filled != count:
                     raise CorruptMediaError(f"NVDEC {info.codec} decoder produced {filled} of {count} requested frames")
             # Convert on the caller's stream so the result belongs to it (allocator-safe).
             caller_stream.wait_stream(session.stream)
-            out.record_stream(caller_stream)
             with torch.cuda.device(session.gpu), torch.cuda.stream(caller_stream):
                 return nv12_to_rgb(out, info.height, info.width, matrix=info.matrix, full_range=info.full_range)
         finally:
+            session.stream.synchronize()  # copies queued into `out` must land before its memory is reused
             out = None  # free the NV12 buffer now, also when an error's traceback outlives this call

@@ -1,0 +1,191 @@
+"""Video decode throughput: mmprep NVDEC vs mmprep CPU vs PyAV vs OpenCV, and the raw NVDEC limit.
+
+Each benchmark round decodes ``threads x VIDEOS_PER_THREAD`` videos from bytes, sampling 32
+frames (or all), on ``threads`` Python threads; ``extra_info`` carries videos/s and frames/s.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+import mmprep
+
+from .media import clip_path
+
+VIDEOS_PER_THREAD = int(os.environ.get("MMPREP_BENCH_VIDEOS_PER_THREAD", "2"))
+CLIP = "h264_1080p_gop250"
+
+
+def _engines() -> int:
+    if not torch.cuda.is_available():
+        return 1
+    from mmprep.decode.nvdec_pool import nvdec_engines
+
+    return nvdec_engines(torch.cuda.get_device_name(0))
+
+
+THREADS = sorted({1, _engines(), 16})
+
+
+def run_threads(fn, data: bytes, threads: int) -> int:
+    """Run ``fn(data)`` VIDEOS_PER_THREAD times on each of ``threads`` threads; return frames made."""
+    counts = [0] * threads
+    errors: list[BaseException] = []
+
+    def work(t: int) -> None:
+        try:
+            for _ in range(VIDEOS_PER_THREAD):
+                counts[t] += fn(data)
+        except BaseException as e:
+            errors.append(e)
+
+    ts = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    if errors:
+        raise errors[0]
+    return sum(counts)
+
+
+def measure(benchmark, fn, data: bytes, threads: int, **info) -> None:
+    frames = [0]
+
+    def round_() -> None:
+        frames[0] = run_threads(fn, data, threads)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+    fn(data)  # warm-up: pools, CUDA context, decoder sessions
+    benchmark.pedantic(round_, rounds=2, iterations=1)
+    secs = benchmark.stats.stats.mean
+    videos = threads * VIDEOS_PER_THREAD
+    benchmark.extra_info.update(
+        threads=threads, videos=videos, videos_per_s=videos / secs, frames_per_s=frames[0] / secs, **info
+    )
+
+
+def sample32(total: int) -> list[int]:
+    return np.linspace(0, total - 1, 32, dtype=int).tolist()
+
+
+# ---- decoders under test: each takes bytes and returns how many frames it produced ----
+
+def mmprep_nvdec(num_frames):
+    return lambda data: mmprep.decode_video(data, num_frames=num_frames, device="cuda").frames.shape[0]
+
+
+def mmprep_cpu(num_frames):
+    return lambda data: mmprep.decode_video(data, num_frames=num_frames, device="cpu").frames.shape[0]
+
+
+def pyav_naive(num_frames):
+    """What a plain PyAV loader does: decode every frame up to the last wanted, convert the wanted."""
+    import av
+
+    def run(data: bytes) -> int:
+        with av.open(io.BytesIO(data)) as c:
+            vs = c.streams.video[0]
+            vs.thread_type = "AUTO"
+            total = vs.frames
+            want = set(sample32(total)) if num_frames else set(range(total))
+            last = max(want)
+            n = 0
+            for i, f in enumerate(c.decode(vs)):
+                if i in want:
+                    f.to_ndarray(format="rgb24")
+                    n += 1
+                if i >= last:
+                    break
+            return n
+
+    return run
+
+
+def opencv_vllm_style(num_frames):
+    """vLLM's default ``opencv`` loader: grab() every frame, retrieve() the sampled ones."""
+    import cv2
+
+    path = str(clip_path(CLIP))
+
+    def run(data: bytes) -> int:  # OpenCV reads the cached file of the same bytes
+        cap = cv2.VideoCapture(path, cv2.CAP_FFMPEG)
+        total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        want = set(sample32(total)) if num_frames else set(range(total))
+        n = 0
+        for i in range(max(want) + 1):
+            if not cap.grab():
+                break
+            if i in want:
+                ok, frame = cap.retrieve()
+                n += ok
+        cap.release()
+        return n
+
+    return run
+
+
+def raw_nvdec_loop():
+    """The hardware limit: PyNvVideoCodec demux + decode of every frame, native NV12, no copies."""
+    import PyNvVideoCodec as nvc
+
+    from mmprep.decode.video_nvdec import _Reader
+
+    local = threading.local()
+
+    def run(data: bytes) -> int:
+        dm = nvc.CreateDemuxer(_Reader(data))
+        if getattr(local, "dec", None) is None:
+            local.dec = nvc.CreateDecoder(
+                gpuid=0, codec=dm.GetNvCodecId(), cudacontext=0, cudastream=0, usedevicememory=True,
+                maxwidth=1920, maxheight=1088, outputColorType=nvc.OutputColorType.NATIVE,
+            )
+        n = 0
+        for pkt in dm:
+            n += len(local.dec.Decode(pkt))
+        n += len(local.dec.Decode(nvc.PacketData()))
+        return n
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def data() -> bytes:
+    return clip_path(CLIP).read_bytes()
+
+
+GPU_PATHS = ["mmprep-nvdec", "raw-nvdec-loop"]
+CPU_PATHS = ["mmprep-cpu", "pyav", "opencv"]
+# (path, frames, threads): GPU paths at 1 / engines / 16 threads; CPU paths at 1 and 16 threads for
+# sample-32 and at 1 thread for whole-stream decode (16 threads x 300 1080p frames is minutes of CPU).
+CASES = (
+    [(p, "sample32", t) for p in ["mmprep-nvdec"] + CPU_PATHS for t in (THREADS if p in GPU_PATHS else [1, 16])]
+    + [(p, "all", t) for p in GPU_PATHS for t in THREADS]
+    + [(p, "all", 1) for p in CPU_PATHS]
+)
+
+
+@pytest.mark.parametrize(
+    "path,frames,threads",
+    [pytest.param(*c, marks=[pytest.mark.gpu] if c[0] in GPU_PATHS else [], id=f"{c[0]}-{c[1]}-t{c[2]}") for c in CASES],
+)
+def bench_video_decode(benchmark, data, path, frames, threads):
+    if threads > 1 and path in CPU_PATHS and (os.cpu_count() or 1) < 4:
+        pytest.skip(f"{threads} CPU threads on a {os.cpu_count()}-core machine measure nothing useful")
+    num = 32 if frames == "sample32" else None
+    make = {
+        "mmprep-nvdec": mmprep_nvdec,
+        "mmprep-cpu": mmprep_cpu,
+        "pyav": pyav_naive,
+        "opencv": opencv_vllm_style,
+        "raw-nvdec-loop": lambda _: raw_nvdec_loop(),
+    }[path]
+    benchmark.group = f"decode {CLIP} {frames} threads={threads}"
+    measure(benchmark, make(num), data, threads, path=path, clip=CLIP, frames=frames)
