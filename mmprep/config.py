@@ -62,6 +62,8 @@ class Settings:
     """Force the CPU backend for ``device="auto"``."""
     cpu_threads: int
     """FFmpeg decode threads for the CPU backend; 0 lets FFmpeg choose."""
+    kernels: bool
+    """Build and use the fused CUDA kernels of csrc/ (JIT, needs nvcc); else the torch path."""
 
 
 @functools.lru_cache(maxsize=1)
@@ -75,4 +77,5 @@ def settings() -> Settings:
         nvdec_devices=_devices("MMPREP_NVDEC_DEVICES"),
         disable_nvdec=_bool("MMPREP_DISABLE_NVDEC", False),
         cpu_threads=_int("MMPREP_CPU_THREADS", 0),
+        kernels=_bool("MMPREP_KERNELS", True),
     )

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["KR_KB", "yuv420_to_rgb", "nv12_to_rgb"]
+__all__ = ["KR_KB", "coefficients", "yuv420_to_rgb", "nv12_to_rgb"]
 
 KR_KB = {"bt601": (0.299, 0.114), "bt709": (0.2126, 0.0722), "bt2020": (0.2627, 0.0593)}
 
 
-def _coefficients(matrix: str) -> tuple[float, float, float, float]:
+def coefficients(matrix: str) -> tuple[float, float, float, float]:
+    """(Cr->R, Cb->G, Cr->G, Cb->B) multipliers of a YUV->RGB matrix."""
     try:
         kr, kb = KR_KB[matrix]
     except KeyError:
@@ -31,7 +32,7 @@ def yuv420_to_rgb(
     ``max_value`` is the largest code of the input (255 for 8-bit, 65535 for P016-style
     MSB-aligned high bit depth); results are always 8-bit.
     """
-    cr_r, cb_g, cr_g, cb_b = _coefficients(matrix)
+    cr_r, cb_g, cr_g, cb_b = coefficients(matrix)
     t, h, w = y.shape
     scale = 255.0 / max_value
     yf = y.to(torch.float32) * scale
@@ -51,11 +52,17 @@ def yuv420_to_rgb(
 
 
 def nv12_to_rgb(
-    frames: torch.Tensor, height: int, width: int, *, matrix: str, full_range: bool
+    frames: torch.Tensor, height: int, width: int, *, matrix: str, full_range: bool, chunk: int = 8
 ) -> torch.Tensor:
-    """(T, H + ceil(H/2), W) uint8 NV12 frames -> (T,H,W,3) uint8 RGB."""
-    y = frames[:, :height, :width]
-    ch = (height + 1) // 2
-    cw = (width + 1) // 2
-    uv = frames[:, height : height + ch, : 2 * cw].reshape(frames.shape[0], ch, cw, 2)
-    return yuv420_to_rgb(y, uv[..., 0], uv[..., 1], matrix=matrix, full_range=full_range)
+    """(T, H + ceil(H/2), W) uint8 NV12 frames -> (T,H,W,3) uint8 RGB, ``chunk`` frames at a time
+    so the float temporaries stay small."""
+    t = frames.shape[0]
+    out = torch.empty((t, height, width, 3), dtype=torch.uint8, device=frames.device)
+    ch, cw = (height + 1) // 2, (width + 1) // 2
+    for i in range(0, t, chunk):
+        f = frames[i : i + chunk]
+        uv = f[:, height : height + ch, : 2 * cw].reshape(f.shape[0], ch, cw, 2)
+        out[i : i + chunk] = yuv420_to_rgb(
+            f[:, :height, :width], uv[..., 0], uv[..., 1], matrix=matrix, full_range=full_range
+        )
+    return out

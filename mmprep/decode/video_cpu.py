@@ -16,12 +16,14 @@ __all__ = ["decode_cpu"]
 _SWS_COLORSPACE = {"bt601": "ITU601", "bt709": "ITU709", "bt2020": "BT2020"}
 
 
-def _to_rgb(frame, probe: Probe) -> np.ndarray:
+def _to_rgb(frame, probe: Probe, reformatter, threads: int) -> np.ndarray:
     info = probe.stream
-    rgb = frame.reformat(
+    rgb = reformatter.reformat(
+        frame,
         format="rgb24",
         src_colorspace=_SWS_COLORSPACE[info.matrix],
         src_color_range="JPEG" if info.full_range else "MPEG",
+        threads=threads,
     )
     return rgb.to_ndarray()
 
@@ -29,8 +31,10 @@ def _to_rgb(frame, probe: Probe) -> np.ndarray:
 def decode_cpu(data: bytes, probe: Probe, plan: DecodePlan, count: int, *, threads: int = 0) -> torch.Tensor:
     """Decode the planned packets; return the wanted frames as a (count,H,W,3) uint8 CPU tensor."""
     import av
+    from av.video.reformatter import VideoReformatter
 
     info = probe.stream
+    reformatter = VideoReformatter()  # keeps its swscale context across frames
     out = np.empty((count, info.height, info.width, 3), dtype=np.uint8)
     filled = 0
     if not plan.feed:
@@ -56,7 +60,7 @@ def decode_cpu(data: bytes, probe: Probe, plan: DecodePlan, count: int, *, threa
                 f"frame size changed mid-stream: {frame.width}x{frame.height}, "
                 f"stream says {info.width}x{info.height}"
             )
-        rgb = _to_rgb(frame, probe)
+        rgb = _to_rgb(frame, probe, reformatter, threads)
         for pos in positions:
             out[pos] = rgb
         filled += len(positions)

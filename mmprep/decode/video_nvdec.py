@@ -18,7 +18,8 @@ from ..config import settings
 from ..errors import CorruptMediaError, UnsupportedCodecError
 from ..probe import Probe, StreamInfo
 from ..sampling import DecodePlan
-from .color import nv12_to_rgb
+from ..kernels import fused
+from .color import coefficients, nv12_to_rgb
 from .nvdec_pool import NvdecPool, Session, nvdec_engines
 
 logger = logging.getLogger("mmprep.nvdec")
@@ -150,17 +151,24 @@ def _frame_tensor(frame) -> torch.Tensor:
         return torch.as_tensor(frame.cuda()[0], device="cuda")
 
 
-def _nv12_8bit(src: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """View a decoded NV12 / P016 surface as (H + ceil(H/2), W) uint8 NV12 (P016: its high bytes)."""
+def _surface(src: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Check a decoded NV12 (uint8) / P016 (16-bit) surface against the stream's size and return it
+    as (H + ceil(H/2), W) with unit column stride (PyNvVideoCodec 2.0.4 exports P016 with a
+    column stride of 2 elements; the data itself is packed)."""
     rows = height + (height + 1) // 2
     if src.ndim == 2 and src.shape[0] == rows:
         if src.dtype == torch.uint8 and src.shape[1] == width:
             return src
-        if src.dtype == torch.uint8 and src.shape[1] == 2 * width:
-            return src[:, 1::2]  # little-endian 16-bit samples: the odd bytes are the 8 MSBs
-        if src.dtype in (torch.int16, torch.uint16) and src.shape[1] == width:
-            return ((src.view(torch.int16) >> 8) & 0xFF).to(torch.uint8)
+        if src.element_size() == 2 and src.shape[1] == width:
+            return src.as_strided((rows, width), (src.stride(0), 1))
     raise _StaleSurface(f"surface {tuple(src.shape)} {src.dtype} does not match a {width}x{height} stream")
+
+
+def _to_nv12_8bit(surface: torch.Tensor) -> torch.Tensor:
+    """NV12 as is; P016 reduced to its 8 most significant bits (torch path only)."""
+    if surface.dtype == torch.uint8:
+        return surface
+    return ((surface.view(torch.int16) >> 8) & 0xFF).to(torch.uint8)
 
 
 def decode_nvdec(data: bytes, probe: Probe, plan: DecodePlan, count: int, *, gpu: int | None = None) -> torch.Tensor:
@@ -191,10 +199,16 @@ def _decode(data: bytes, probe: Probe, plan: DecodePlan, count: int, gpu: int | 
     last = plan.feed[-1] if plan.feed else -1
     packet_of_frame = probe.packet_of_frame()
     rows = info.height + (info.height + 1) // 2
+    coeffs = list(coefficients(info.matrix))
     with get_pool().session(key, info.width, info.height, gpu=gpu, exact=exact) as session:
         device = torch.device("cuda", session.gpu)
         caller_stream = torch.cuda.current_stream(device)
-        out = torch.empty((count, rows, info.width), dtype=torch.uint8, device=device)
+        kern = fused()
+        if kern is not None:  # convert each wanted surface straight into the RGB result
+            rgb = torch.empty((count, info.height, info.width, 3), dtype=torch.uint8, device=device)
+            out = None
+        else:  # copy NV12 out, convert the batch at the end in torch
+            out = torch.empty((count, rows, info.width), dtype=torch.uint8, device=device)
         try:
             if session.width and (session.width, session.height) != (info.width, info.height):
                 session.decoder.setReconfigParams(info.width, info.height)
@@ -214,9 +228,16 @@ def _decode(data: bytes, probe: Probe, plan: DecodePlan, count: int, gpu: int | 
                         positions = plan.slots.get(ordinal) if ordinal is not None else None
                         if not positions:
                             continue
-                        src = _nv12_8bit(_frame_tensor(frame), info.height, info.width)
-                        for pos in positions:
-                            out[pos].copy_(src)
+                        surface = _surface(_frame_tensor(frame), info.height, info.width)
+                        if kern is not None:
+                            first = rgb[positions[0]]
+                            kern.nv12_to_rgb(surface, info.height, info.width, first, coeffs, info.full_range)
+                            for pos in positions[1:]:
+                                rgb[pos].copy_(first)
+                        else:
+                            surface = _to_nv12_8bit(surface)
+                            for pos in positions:
+                                out[pos].copy_(surface)
                         filled += len(positions)
 
                 ordinal = -1
@@ -246,10 +267,12 @@ def _decode(data: bytes, probe: Probe, plan: DecodePlan, count: int, gpu: int | 
                     raise CorruptMediaError(f"NVDEC {info.codec} decode failed ({type(e).__name__}: {e})") from e
                 if filled != count:
                     raise CorruptMediaError(f"NVDEC {info.codec} decoder produced {filled} of {count} requested frames")
-            # Convert on the caller's stream so the result belongs to it (allocator-safe).
+            # The result was allocated on the caller's stream; make that stream wait for our work.
             caller_stream.wait_stream(session.stream)
+            if kern is not None:
+                return rgb
             with torch.cuda.device(session.gpu), torch.cuda.stream(caller_stream):
                 return nv12_to_rgb(out, info.height, info.width, matrix=info.matrix, full_range=info.full_range)
         finally:
-            session.stream.synchronize()  # copies queued into `out` must land before its memory is reused
-            out = None  # free the NV12 buffer now, also when an error's traceback outlives this call
+            session.stream.synchronize()  # work queued into our buffers must land before their memory is reused
+            out = rgb = None  # free buffers now, also when an error's traceback outlives this call
