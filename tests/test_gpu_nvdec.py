@@ -201,7 +201,8 @@ def test_fused_kernel_matches_torch_path():
     g = torch.Generator(device="cuda").manual_seed(0)
     for (w, h) in ((322, 242), (1920, 1080), (321, 241)):
         rows = h + (h + 1) // 2
-        nv12 = torch.randint(0, 256, (rows, w + 64), dtype=torch.uint8, device="cuda", generator=g)[:, :w]
+        # a pitched surface, as NVDEC hands out (odd widths read one chroma column past the crop)
+        nv12 = torch.randint(0, 256, (rows, w + 64), dtype=torch.uint8, device="cuda", generator=g)[:, : w + w % 2]
         for matrix, full in (("bt601", False), ("bt709", False), ("bt709", True)):
             want = nv12_to_rgb(nv12[None].contiguous(), h, w, matrix=matrix, full_range=full)[0]
             got = torch.empty((h, w, 3), dtype=torch.uint8, device="cuda")

@@ -156,11 +156,12 @@ def _surface(src: torch.Tensor, height: int, width: int) -> torch.Tensor:
     as (H + ceil(H/2), W) with unit column stride (PyNvVideoCodec 2.0.4 exports P016 with a
     column stride of 2 elements; the data itself is packed)."""
     rows = height + (height + 1) // 2
-    if src.ndim == 2 and src.shape[0] == rows:
-        if src.dtype == torch.uint8 and src.shape[1] == width:
+    cols = 2 * ((width + 1) // 2)  # odd widths: the last chroma pair lies one column past the crop
+    if src.ndim == 2 and src.shape[0] == rows and src.shape[1] == width and src.element_size() in (1, 2):
+        if src.stride(1) == 1 and src.shape[1] >= cols:
             return src
-        if src.element_size() == 2 and src.shape[1] == width:
-            return src.as_strided((rows, width), (src.stride(0), 1))
+        if src.stride(0) >= cols:
+            return src.as_strided((rows, cols), (src.stride(0), 1))
     raise _StaleSurface(f"surface {tuple(src.shape)} {src.dtype} does not match a {width}x{height} stream")
 
 
@@ -208,7 +209,7 @@ def _decode(data: bytes, probe: Probe, plan: DecodePlan, count: int, gpu: int | 
             rgb = torch.empty((count, info.height, info.width, 3), dtype=torch.uint8, device=device)
             out = None
         else:  # copy NV12 out, convert the batch at the end in torch
-            out = torch.empty((count, rows, info.width), dtype=torch.uint8, device=device)
+            out = torch.empty((count, rows, 2 * ((info.width + 1) // 2)), dtype=torch.uint8, device=device)
         try:
             if session.width and (session.width, session.height) != (info.width, info.height):
                 session.decoder.setReconfigParams(info.width, info.height)
