@@ -33,28 +33,49 @@ def csrc_dir() -> Path:
     raise FileNotFoundError(f"mmprep kernel sources not found beside {here}")
 
 
-def fused() -> ModuleType | None:
-    """The compiled kernel module, building it on first call; None where it cannot be built."""
-    name = "mmprep_kernels_v1"
-    with _lock:
-        if name in _loaded:
-            return _loaded[name]
-        mod = None
-        if settings().kernels and torch.cuda.is_available():
-            try:
-                from torch.utils.cpp_extension import CUDA_HOME, load
+_NAME = "mmprep_kernels_v1"
+_builder: threading.Thread | None = None
 
-                if CUDA_HOME is None:
-                    raise RuntimeError("nvcc not found (CUDA_HOME unset)")
-                src = csrc_dir()
-                mod = load(
-                    name=name,
-                    sources=[str(src / "nv12_to_rgb.cu")],
-                    extra_cuda_cflags=["-O3"],
-                    verbose=bool(os.environ.get("MMPREP_KERNELS_VERBOSE")),
-                )
-            except Exception as e:  # no compiler, no headers, build error: fall back to torch
-                logger.warning("mmprep fused kernels unavailable, using the torch path: %s", e)
-                mod = None
-        _loaded[name] = mod
-        return mod
+
+def _build() -> None:
+    mod = None
+    try:
+        from torch.utils.cpp_extension import CUDA_HOME, load
+
+        if CUDA_HOME is None:
+            raise RuntimeError("nvcc not found (CUDA_HOME unset)")
+        mod = load(
+            name=_NAME,
+            sources=[str(csrc_dir() / "nv12_to_rgb.cu")],
+            extra_cuda_cflags=["-O3"],
+            verbose=bool(os.environ.get("MMPREP_KERNELS_VERBOSE")),
+        )
+        logger.debug("mmprep fused kernels ready: %s", mod.__file__)
+    except Exception as e:  # no compiler, no headers, build error: fall back to torch
+        logger.warning("mmprep fused kernels unavailable, using the torch path: %s", e)
+    with _lock:
+        _loaded[_NAME] = mod
+
+
+def fused(wait: bool = False) -> ModuleType | None:
+    """The compiled kernel module, or None while it builds or where it cannot be built.
+
+    The first call starts the build in a background thread (about a minute with nvcc the first
+    time on a machine, cached on disk after) and returns None at once, so callers take the torch
+    path meanwhile; ``wait=True`` blocks until the build has finished.
+    """
+    global _builder
+    with _lock:
+        if _NAME in _loaded:
+            return _loaded[_NAME]
+        if not (settings().kernels and torch.cuda.is_available()):
+            _loaded[_NAME] = None
+            return None
+        if _builder is None:
+            _builder = threading.Thread(target=_build, name="mmprep-kernel-build", daemon=True)
+            _builder.start()
+        builder = _builder
+    if wait:
+        builder.join()
+        return _loaded.get(_NAME)
+    return None
