@@ -1,13 +1,10 @@
-"""Shared fixtures: synthetic clips (cached per session) and GPU gating."""
+"""Shared helpers: synthetic clips (cached per session) and measured-value reports."""
 
 from __future__ import annotations
 
 import functools
 import json
 import os
-
-import pytest
-import torch
 
 from mmprep.testing import make_video
 
@@ -16,15 +13,6 @@ from mmprep.testing import make_video
 def clip(codec: str = "h264", **kwargs) -> bytes:
     """Encode (once per session) a synthetic clip; kwargs as ``mmprep.testing.make_video``."""
     return make_video(codec, **kwargs)
-
-
-def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs CUDA (run on the GPU machine)")
-    for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
 
 
 def report(name: str, **values) -> None:
