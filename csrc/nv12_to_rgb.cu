@@ -83,7 +83,3 @@ void nv12_to_rgb(torch::Tensor src, int64_t height, int64_t width, torch::Tensor
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("nv12_to_rgb", &nv12_to_rgb, "NV12/P016 surface -> (H,W,3) uint8 RGB on the current stream");
-}

@@ -1,6 +1,7 @@
 """mmprep: multimodal preprocessing for VLM serving on the GPU's own engines.
 
-Public API: ``decode_video`` -> ``Video``; errors derive from ``MediaError`` (a ``ValueError``).
+Public API: ``decode_video`` -> ``Video``, ``decode_images`` -> list of (3,H,W) tensors,
+``preprocess`` -> the HF processor's tensors; errors derive from ``MediaError`` (a ``ValueError``).
 Importing mmprep needs no GPU and no driver; NVDEC is loaded on first use.
 """
 
@@ -13,7 +14,9 @@ from .errors import (
     TooManyFramesError,
     UnsupportedCodecError,
 )
+from .image import decode_images
 from .sampling import sample_indices
+from .transforms import preprocess
 from .video import Video, decode_video
 
 __version__ = "0.1.0"
@@ -21,6 +24,8 @@ __version__ = "0.1.0"
 __all__ = [
     "decode_video",
     "Video",
+    "decode_images",
+    "preprocess",
     "sample_indices",
     "MediaError",
     "EmptyMediaError",

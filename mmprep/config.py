@@ -62,6 +62,10 @@ class Settings:
     """Force the CPU backend for ``device="auto"``."""
     cpu_threads: int
     """FFmpeg decode threads for the CPU backend; 0 lets FFmpeg choose."""
+    max_image_pixels: int
+    """Largest image width*height accepted (vLLM's VLLM_MAX_IMAGE_PIXELS default)."""
+    min_image_side: int
+    """Smallest image side accepted; 1-pixel-wide images hold no usable content."""
     kernels: bool
     """Build and use the fused CUDA kernels of csrc/ (JIT, needs nvcc); else the torch path."""
 
@@ -77,5 +81,7 @@ def settings() -> Settings:
         nvdec_devices=_devices("MMPREP_NVDEC_DEVICES"),
         disable_nvdec=_bool("MMPREP_DISABLE_NVDEC", False),
         cpu_threads=_int("MMPREP_CPU_THREADS", 0),
+        max_image_pixels=_int("MMPREP_MAX_IMAGE_PIXELS", 178_956_970, minimum=1),
+        min_image_side=_int("MMPREP_MIN_IMAGE_SIDE", 2, minimum=1),
         kernels=_bool("MMPREP_KERNELS", True),
     )

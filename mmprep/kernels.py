@@ -28,12 +28,13 @@ def csrc_dir() -> Path:
     """Kernel sources: ``mmprep/csrc`` in an installed wheel, ``csrc/`` beside the package in a checkout."""
     here = Path(__file__).resolve().parent
     for cand in (here / "csrc", here.parent / "csrc"):
-        if (cand / "nv12_to_rgb.cu").exists():
+        if (cand / "bindings.cpp").exists():
             return cand
     raise FileNotFoundError(f"mmprep kernel sources not found beside {here}")
 
 
-_NAME = "mmprep_kernels_v1"
+_NAME = "mmprep_kernels_v2"
+_SOURCES = ("bindings.cpp", "nv12_to_rgb.cu", "preprocess.cu")
 _builder: threading.Thread | None = None
 
 
@@ -46,7 +47,7 @@ def _build() -> None:
             raise RuntimeError("nvcc not found (CUDA_HOME unset)")
         mod = load(
             name=_NAME,
-            sources=[str(csrc_dir() / "nv12_to_rgb.cu")],
+            sources=[str(csrc_dir() / name) for name in _SOURCES],
             extra_cuda_cflags=["-O3"],
             verbose=bool(os.environ.get("MMPREP_KERNELS_VERBOSE")),
         )
