@@ -17,6 +17,7 @@ import torch
 import mmprep
 
 from .media import clip_path
+from .util import run_rounds
 
 VIDEOS_PER_THREAD = int(os.environ.get("MMPREP_BENCH_VIDEOS_PER_THREAD", "2"))
 CLIP = "h264_1080p_gop250"
@@ -60,16 +61,11 @@ def measure(benchmark, fn, data: bytes, threads: int, **info) -> None:
 
     def round_() -> None:
         frames[0] = run_threads(fn, data, threads)
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
 
-    fn(data)  # warm-up: pools, CUDA context, decoder sessions
-    benchmark.pedantic(round_, rounds=2, iterations=1)
-    secs = benchmark.stats.stats.mean
     videos = threads * VIDEOS_PER_THREAD
-    benchmark.extra_info.update(
-        threads=threads, videos=videos, videos_per_s=videos / secs, frames_per_s=frames[0] / secs, **info
-    )
+    run_rounds(benchmark, round_, videos, rounds=2, threads=threads, **info)
+    secs = benchmark.stats.stats.mean
+    benchmark.extra_info.update(videos=videos, videos_per_s=videos / secs, frames_per_s=frames[0] / secs)
 
 
 def sample32(total: int) -> list[int]:
