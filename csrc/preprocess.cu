@@ -151,12 +151,18 @@ __global__ void preprocess_kernel(const uint8_t* __restrict__ src, out_t* __rest
   }
 }
 
-std::pair<torch::Tensor, torch::Tensor> axis_weights(int out_size, int in_size, const torch::Device& dev, int& k,
-                                                     cudaStream_t stream) {
+}  // namespace
+
+// Antialiased bicubic weights of one axis: (out_size, k) float32 and (out_size, 2) int32 spans.
+std::vector<torch::Tensor> aa_weights(int64_t out_size, int64_t in_size, torch::Tensor like) {
+  TORCH_CHECK(like.is_cuda(), "aa_weights: `like` must be a CUDA tensor");
+  const c10::cuda::CUDAGuard guard(like.device());
+  auto stream = at::cuda::getCurrentCUDAStream();
+  const auto dev = like.device();
   const float scale = static_cast<float>(in_size) / out_size;  // area_pixel_compute_scale, align_corners=False
   const float half = 0.5;
   const float support = static_cast<float>((scale >= 1.0) ? (4 * half) * scale : 4 * half);
-  k = static_cast<int>(ceilf(support)) * 2 + 1;
+  const int k = static_cast<int>(ceilf(support)) * 2 + 1;
   auto w = torch::empty({out_size, k}, torch::dtype(torch::kFloat32).device(dev));
   auto span = torch::empty({out_size, 2}, torch::dtype(torch::kInt32).device(dev));
   aa_weights_kernel<<<(out_size + 127) / 128, 128, 0, stream>>>(out_size, in_size, scale, support, k,
@@ -165,13 +171,12 @@ std::pair<torch::Tensor, torch::Tensor> axis_weights(int out_size, int in_size, 
   return {w, span};
 }
 
-}  // namespace
-
 // frames: logical (T, C, H, W) uint8 CUDA view (any strides). out: CUDA float32/bfloat16, either
 // (rows, cols) patches of this item (layout 0) or (T, C, crop_h, crop_w) (layout 1).
 void preprocess(torch::Tensor frames, torch::Tensor out, int64_t h, int64_t w, int64_t layout, int64_t patch,
                 int64_t merge, int64_t tps, int64_t top, int64_t left, int64_t crop_h, int64_t crop_w,
-                int64_t norm_mode, torch::Tensor mean, torch::Tensor stdv, double rescale) {
+                int64_t norm_mode, torch::Tensor mean, torch::Tensor stdv, double rescale, torch::Tensor wx,
+                torch::Tensor xspan, torch::Tensor wy, torch::Tensor yspan) {
   TORCH_CHECK(frames.is_cuda() && out.is_cuda(), "preprocess: tensors must be on CUDA");
   TORCH_CHECK(frames.dim() == 4 && frames.scalar_type() == torch::kUInt8, "preprocess: frames must be (T,C,H,W) uint8");
   TORCH_CHECK(out.is_contiguous(), "preprocess: out must be contiguous");
@@ -200,11 +205,13 @@ void preprocess(torch::Tensor frames, torch::Tensor out, int64_t h, int64_t w, i
     g.cols = 0;
     TORCH_CHECK(out.numel() == static_cast<int64_t>(g.T) * g.C * crop_h * crop_w, "preprocess: out size mismatch");
   }
-  torch::Tensor wx, xspan, wy, yspan;
   g.kx = g.ky = 1;
   if (g.resize) {
-    std::tie(wx, xspan) = axis_weights(w, g.W, frames.device(), g.kx, stream);
-    std::tie(wy, yspan) = axis_weights(h, g.H, frames.device(), g.ky, stream);
+    TORCH_CHECK(wx.dim() == 2 && wx.size(0) == w && xspan.size(0) == w && wy.dim() == 2 && wy.size(0) == h &&
+                    yspan.size(0) == h,
+                "preprocess: weight tables do not match the resized size");
+    g.kx = wx.size(1);
+    g.ky = wy.size(1);
   }
   const int ow = layout == 1 ? crop_w : w, oh = layout == 1 ? crop_h : h;
   const dim3 block(32, 8);

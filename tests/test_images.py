@@ -83,3 +83,18 @@ def test_decoded_images_feed_preprocess():
     hf = Qwen2VLImageProcessor()(images=[Image.fromarray(pil_reference(d)) for d in datas], return_tensors="pt")
     assert torch.equal(ours["image_grid_thw"], hf["image_grid_thw"])
     assert (ours["pixel_values"] - hf["pixel_values"]).abs().max().item() == 0.0
+
+
+def test_fast_jpeg_header_agrees_with_pil():
+    from mmprep.decode.image_cpu import _jpeg_header
+
+    cases = {**{f"o{o}": jpeg_with_orientation(o) for o in range(1, 9)}, **{k: v for k, v in formats().items() if k.startswith("jpeg")}}
+    for name, data in cases.items():
+        fast = _jpeg_header(data)
+        img = Image.open(io.BytesIO(data))
+        if img.mode not in ("RGB", "L"):
+            assert fast is None, name  # CMYK goes to PIL
+            continue
+        assert fast is not None, name
+        assert (fast.width, fast.height, fast.mode) == (img.width, img.height, img.mode), name
+        assert fast.orientation == (img.getexif().get(0x0112) or 1), name

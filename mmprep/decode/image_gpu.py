@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import warnings
 
 import torch
 
@@ -53,10 +54,12 @@ def decode_jpegs_gpu(datas: list[bytes], device: torch.device) -> list[torch.Ten
     """Decode JPEGs in one nvJPEG batch; an image nvJPEG rejects comes back as None (caller uses PIL)."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    tensors = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
+    with warnings.catch_warnings():  # read-only bytes: nvJPEG only reads them, so no copy is made
+        warnings.simplefilter("ignore", UserWarning)
+        tensors = [torch.frombuffer(d, dtype=torch.uint8) for d in datas]
     try:
         out = decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device)
-        return [o.contiguous() if o.is_contiguous() else o for o in out]
+        return list(out)
     except Exception as e:
         logger.debug("nvJPEG batch failed (%s); decoding one by one", e)
     results: list[torch.Tensor | None] = []

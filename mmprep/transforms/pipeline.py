@@ -7,6 +7,7 @@ writing straight into the concatenated output) or by the reference torch ops in 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -102,11 +103,12 @@ def _patch_items(frames_list: list[torch.Tensor], s: ImageSettings, dtype: torch
     if kern is not None:
         out = torch.empty((rows, cols), dtype=dtype, device=device)
         mean, std = _kernel_norm(s, device)
+        mode = _norm_mode(s)
         for fr, rh, rw, grid, start in plans:
             n = grid[0] * grid[1] * grid[2]
             kern.preprocess(
                 fr, out[start : start + n], rh, rw, 0, s.patch_size, s.merge_size, s.temporal_patch_size,
-                0, 0, 0, 0, _norm_mode(s), mean, std, s.rescale_factor,
+                0, 0, 0, 0, mode, mean, std, s.rescale_factor, *_weights(kern, fr, rh, rw),
             )
         return out, grid_thw
     parts = []
@@ -121,6 +123,8 @@ def _nchw_items(frames_list: list[torch.Tensor], s: ImageSettings, dtype: torch.
     """CLIP/SigLIP layout: (N, 3, crop_h, crop_w) (or the resized size without a crop)."""
     outs = []
     kern = kernels.fused() if use_kernel else None
+    if kern is not None:
+        mean, std = _kernel_norm(s, device)
     for fr in frames_list:
         _, _, h, w = fr.shape
         rh, rw = _target_size(s, 1, h, w)
@@ -131,8 +135,10 @@ def _nchw_items(frames_list: list[torch.Tensor], s: ImageSettings, dtype: torch.
             top = int((ph - ch) / 2.0) - (ch - rh) // 2 if ch > rh else int((rh - ch) / 2.0)
             left = int((pw - cw) / 2.0) - (cw - rw) // 2 if cw > rw else int((rw - cw) / 2.0)
             out = torch.empty((fr.shape[0], 3, ch, cw), dtype=dtype, device=device)
-            mean, std = _kernel_norm(s, device)
-            kern.preprocess(fr, out, rh, rw, 1, 1, 1, 1, top, left, ch, cw, _norm_mode(s), mean, std, s.rescale_factor)
+            kern.preprocess(
+                fr, out, rh, rw, 1, 1, 1, 1, top, left, ch, cw, _norm_mode(s), mean, std, s.rescale_factor,
+                *_weights(kern, fr, rh, rw),
+            )
             outs.append(out)
             continue
         x = Fn.resize(fr, (rh, rw))
@@ -143,10 +149,46 @@ def _nchw_items(frames_list: list[torch.Tensor], s: ImageSettings, dtype: torch.
     return torch.cat(outs, dim=0)
 
 
+_cache: dict[tuple, Any] = {}
+_cache_lock = threading.Lock()
+
+
+def _cached(key: tuple, make) -> Any:
+    """Small per-device constants (norm vectors, resize weight tables), built once and reused."""
+    with _cache_lock:
+        hit = _cache.get(key)
+    if hit is None:
+        hit = make()
+        torch.cuda.current_stream(key[-1]).synchronize()  # visible to every stream from now on
+        with _cache_lock:
+            if len(_cache) > 512:
+                _cache.clear()
+            _cache[key] = hit
+    return hit
+
+
 def _kernel_norm(s: ImageSettings, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    if s.do_normalize and s.do_rescale:
-        return Fn.norm_constants(s.image_mean, s.image_std, s.rescale_factor, device)
-    return torch.tensor(s.image_mean, device=device), torch.tensor(s.image_std, device=device)
+    def make():
+        if s.do_normalize and s.do_rescale:
+            return Fn.norm_constants(s.image_mean, s.image_std, s.rescale_factor, device)
+        return torch.tensor(s.image_mean, device=device), torch.tensor(s.image_std, device=device)
+
+    return _cached(("norm", s.image_mean, s.image_std, s.rescale_factor, s.do_normalize and s.do_rescale, device), make)
+
+
+_NO_TABLE: dict[torch.device, torch.Tensor] = {}
+
+
+def _weights(kern, frames: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, ...]:
+    """(wx, xspan, wy, yspan) for resizing ``frames`` to h x w (empty tables when no resize)."""
+    dev = frames.device
+    H, W = frames.shape[-2:]
+    if (H, W) == (h, w):
+        empty = _cached(("empty", dev), lambda: torch.empty(0, device=dev))
+        return empty, empty, empty, empty
+    wx, xs = _cached(("aa", w, W, dev), lambda: tuple(kern.aa_weights(w, W, frames)))
+    wy, ys = _cached(("aa", h, H, dev), lambda: tuple(kern.aa_weights(h, H, frames)))
+    return wx, xs, wy, ys
 
 
 def _resolve_device(device: str | torch.device, items: list[torch.Tensor]) -> torch.device:
