@@ -1,8 +1,8 @@
 // Fused resize (bicubic, antialiased) -> round to uint8 -> rescale/normalize -> patchify -> dtype.
 //
-// One kernel replaces torchvision's resize + HF's rescale_and_normalize + patchify + .to(dtype):
-// each thread produces one resized pixel (all channels) of one source frame straight from the
-// uint8 frames (any strides: THWC from the video decoder or CHW from the image decoder) and
+// Two kernels replace torchvision's resize + HF's rescale_and_normalize + patchify + .to(dtype):
+// a horizontal resize pass into a float buffer, then one thread per resized pixel (all channels)
+// of one source frame does the vertical pass and the rest, reading the uint8 frames (any strides: THWC from the video decoder or CHW from the image decoder) and
 // writes it to every place it occupies in the model's flattened patch layout (Qwen-VL), or to an
 // NCHW crop (CLIP/SigLIP). Weights follow PyTorch's CUDA antialias kernel operation by operation
 // (upsample_antialias::_compute_weights_span/_compute_weights, Keys a = -0.5, horizontal pass
@@ -80,9 +80,28 @@ __device__ __forceinline__ float cast_out<float>(float v) { return v; }
 template <>
 __device__ __forceinline__ __nv_bfloat16 cast_out<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
+// Horizontal pass of the separable resize: tmp[f][c][y][x] for every input row y and output column x,
+// the exact value PyTorch keeps in its per-thread buffer before the vertical pass.
+__global__ void hpass_kernel(const uint8_t* __restrict__ src, float* __restrict__ tmp, Geometry g,
+                             const float* __restrict__ wx, const int* __restrict__ xspan) {
+  const int x = blockIdx.x * blockDim.x + threadIdx.x;
+  const int y = blockIdx.y * blockDim.y + threadIdx.y;
+  const int f = blockIdx.z;
+  if (x >= g.w || y >= g.H) return;
+  const int xmin = xspan[2 * x], xsize = xspan[2 * x + 1];
+  const float* wxr = wx + static_cast<int64_t>(x) * g.kx;
+  const uint8_t* row = src + f * g.sT + y * g.sY + xmin * g.sX;
+  for (int c = 0; c < g.C; ++c) {
+    const uint8_t* p = row + c * g.sC;
+    float r = static_cast<float>(p[0]) * wxr[0];
+    for (int xx = 1; xx < xsize; ++xx) r += static_cast<float>(p[xx * g.sX]) * wxr[xx];
+    tmp[((static_cast<int64_t>(f) * g.C + c) * g.H + y) * g.w + x] = r;
+  }
+}
+
 template <typename out_t>
 __global__ void preprocess_kernel(const uint8_t* __restrict__ src, out_t* __restrict__ out, Geometry g,
-                                  const float* __restrict__ wx, const int* __restrict__ xspan,
+                                  const float* __restrict__ tmp,
                                   const float* __restrict__ wy, const int* __restrict__ yspan,
                                   const float* __restrict__ mean, const float* __restrict__ stdv) {
   const int x = blockIdx.x * blockDim.x + threadIdx.x;
@@ -102,20 +121,12 @@ __global__ void preprocess_kernel(const uint8_t* __restrict__ src, out_t* __rest
   const uint8_t* frame = src + f * g.sT;
   if (inside) {
     if (g.resize) {
-      const int xmin = xspan[2 * rx], xsize = xspan[2 * rx + 1];
       const int ymin = yspan[2 * ry], ysize = yspan[2 * ry + 1];
-      const float* wxr = wx + static_cast<int64_t>(rx) * g.kx;
       const float* wyr = wy + static_cast<int64_t>(ry) * g.ky;
       for (int c = 0; c < g.C; ++c) {
-        const uint8_t* plane = frame + c * g.sC;
-        float acc = 0.f;
-        for (int yy = 0; yy < ysize; ++yy) {
-          const uint8_t* row = plane + (ymin + yy) * g.sY + xmin * g.sX;
-          float r = static_cast<float>(row[0]) * wxr[0];
-          for (int xx = 1; xx < xsize; ++xx) r += static_cast<float>(row[xx * g.sX]) * wxr[xx];
-          if (yy == 0) acc = r * wyr[0];
-          else acc += r * wyr[yy];
-        }
+        const float* col = tmp + ((static_cast<int64_t>(f) * g.C + c) * g.H + ymin) * g.w + rx;
+        float acc = col[0] * wyr[0];
+        for (int yy = 1; yy < ysize; ++yy) acc += col[static_cast<int64_t>(yy) * g.w] * wyr[yy];
         v[c] = rintf(fminf(fmaxf(acc, 0.f), 255.f));
       }
     } else {
@@ -216,17 +227,25 @@ void preprocess(torch::Tensor frames, torch::Tensor out, int64_t h, int64_t w, i
   const int ow = layout == 1 ? crop_w : w, oh = layout == 1 ? crop_h : h;
   const dim3 block(32, 8);
   const dim3 grid((ow + block.x - 1) / block.x, (oh + block.y - 1) / block.y, g.T);
-  const float* pwx = g.resize ? wx.data_ptr<float>() : nullptr;
-  const int* pxs = g.resize ? xspan.data_ptr<int>() : nullptr;
+  torch::Tensor tmp;
+  const float* ptmp = nullptr;
+  if (g.resize) {
+    tmp = torch::empty({g.T, g.C, g.H, w}, torch::dtype(torch::kFloat32).device(frames.device()));
+    const dim3 hgrid((w + block.x - 1) / block.x, (g.H + block.y - 1) / block.y, g.T);
+    hpass_kernel<<<hgrid, block, 0, stream>>>(frames.data_ptr<uint8_t>(), tmp.data_ptr<float>(), g,
+                                              wx.data_ptr<float>(), xspan.data_ptr<int>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    ptmp = tmp.data_ptr<float>();
+  }
   const float* pwy = g.resize ? wy.data_ptr<float>() : nullptr;
   const int* pys = g.resize ? yspan.data_ptr<int>() : nullptr;
   if (out.scalar_type() == torch::kFloat32) {
-    preprocess_kernel<float><<<grid, block, 0, stream>>>(frames.data_ptr<uint8_t>(), out.data_ptr<float>(), g, pwx,
-                                                         pxs, pwy, pys, mean.data_ptr<float>(), stdv.data_ptr<float>());
+    preprocess_kernel<float><<<grid, block, 0, stream>>>(frames.data_ptr<uint8_t>(), out.data_ptr<float>(), g, ptmp,
+                                                         pwy, pys, mean.data_ptr<float>(), stdv.data_ptr<float>());
   } else {
     TORCH_CHECK(out.scalar_type() == torch::kBFloat16, "preprocess: out must be float32 or bfloat16");
     preprocess_kernel<__nv_bfloat16><<<grid, block, 0, stream>>>(
-        frames.data_ptr<uint8_t>(), reinterpret_cast<__nv_bfloat16*>(out.data_ptr()), g, pwx, pxs, pwy, pys,
+        frames.data_ptr<uint8_t>(), reinterpret_cast<__nv_bfloat16*>(out.data_ptr()), g, ptmp, pwy, pys,
         mean.data_ptr<float>(), stdv.data_ptr<float>());
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
