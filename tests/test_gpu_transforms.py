@@ -125,3 +125,14 @@ def test_nvdec_to_kernel_pipeline_matches_hf():
     hf = Qwen2VLImageProcessor()(images=imgs, return_tensors="pt", device="cuda")
     ours = mmprep.preprocess(images=imgs, device="cuda")
     check("nvjpeg_pipeline_cuda", ours["pixel_values"], hf["pixel_values"])
+
+
+def test_kernel_keeps_order_across_mixed_image_sizes():
+    """Runs of same-size images between other sizes: rows land in input order, values exact."""
+    sizes = [(480, 640)] * 5 + [(242, 322)] + [(480, 640)] * 3 + [(1080, 1920)] * 2
+    imgs = [x.cuda() for x in rand_images(sizes, seed=11)]
+    hf = Qwen2VLImageProcessor()(images=imgs, return_tensors="pt", device="cuda")
+    for dtype in (torch.float32, torch.bfloat16):
+        ours = mmprep.preprocess(images=imgs, device="cuda", dtype=dtype)
+        assert torch.equal(ours["image_grid_thw"].cpu(), hf["image_grid_thw"].cpu())
+        check("kernel_image_runs", ours["pixel_values"], hf["pixel_values"].to(dtype), dtype=str(dtype))
