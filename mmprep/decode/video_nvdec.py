@@ -145,10 +145,8 @@ _reuse_across_sizes = True
 
 
 def _frame_tensor(frame) -> torch.Tensor:
-    try:
-        return torch.from_dlpack(frame)
-    except Exception:
-        return torch.as_tensor(frame.cuda()[0], device="cuda")
+    """The decoded surface (both planes) as one tensor, zero-copy through DLPack."""
+    return torch.from_dlpack(frame)
 
 
 def _surface(src: torch.Tensor, height: int, width: int) -> torch.Tensor:
