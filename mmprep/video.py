@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from .config import settings
-from .decode import decode_cpu, decode_nvdec, nvdec_available, nvdec_supports
+from .decode import decode_cpu, decode_nvdec, nvdec_available
 from .errors import TooManyFramesError, UnsupportedCodecError
 from .probe import probe
 from .sampling import plan_decode, sample_indices
@@ -131,31 +131,18 @@ def decode_video(
         )
     plan = plan_decode(info, indices)
 
-    backend = "cpu"
-    if kind == "cuda":
-        if not nvdec_available():
-            raise RuntimeError(
-                f"device={device!r} needs CUDA, an NVIDIA driver and PyNvVideoCodec; use device='auto' or 'cpu'"
-            )
-        reason = nvdec_supports(st, gpu)
-        if reason:
-            raise UnsupportedCodecError(reason)
-        backend = "nvdec"
-    elif kind == "auto" and nvdec_available():
-        reason = nvdec_supports(st, gpu)
-        if reason:
-            logger.debug("decode_video: CPU fallback: %s", reason)
-        else:
-            backend = "nvdec"
-    frames = None
-    if backend == "nvdec":
-        try:
-            frames = decode_nvdec(data, info, plan, len(indices), gpu=gpu)
+    if kind == "cuda" and not nvdec_available():
+        raise RuntimeError(
+            f"device={device!r} needs CUDA, an NVIDIA driver and PyNvVideoCodec; use device='auto' or 'cpu'"
+        )
+    frames, backend = None, "cpu"
+    if kind == "cuda" or (kind == "auto" and nvdec_available()):
+        try:  # decode_nvdec checks NVDEC's support first and raises UnsupportedCodecError
+            frames, backend = decode_nvdec(data, info, plan, len(indices), gpu=gpu), "nvdec"
         except UnsupportedCodecError as e:
             if kind != "auto":
                 raise
             logger.debug("decode_video: CPU fallback: %s", e)
-            backend = "cpu"
     if frames is None:
         frames = decode_cpu(data, info, plan, len(indices), threads=cfg.cpu_threads)
     logger.debug(
