@@ -34,6 +34,19 @@ def _bool(name: str, default: bool) -> bool:
     raise ValueError(f"{name} must be one of 1/0/true/false/yes/no/on/off, got {raw!r}")
 
 
+def _float(name: str, default: float, minimum: float = 0.0) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
 def _devices(name: str) -> tuple[int, ...] | None:
     raw = os.environ.get(name)
     if raw is None or raw.strip() == "":
@@ -66,6 +79,8 @@ class Settings:
     """Largest image width*height accepted (vLLM's VLLM_MAX_IMAGE_PIXELS default)."""
     min_image_side: int
     """Smallest image side accepted; 1-pixel-wide images hold no usable content."""
+    gpu_memory_gb: float
+    """GiB of decoded frames mmprep may hold on each GPU at once (0 = no limit); decodes wait for room."""
     kernels: bool
     """Build and use the fused CUDA kernels of csrc/ (JIT, needs nvcc); else the torch path."""
 
@@ -83,5 +98,6 @@ def settings() -> Settings:
         cpu_threads=_int("MMPREP_CPU_THREADS", 0),
         max_image_pixels=_int("MMPREP_MAX_IMAGE_PIXELS", 178_956_970, minimum=1),
         min_image_side=_int("MMPREP_MIN_IMAGE_SIDE", 2, minimum=1),
+        gpu_memory_gb=_float("MMPREP_GPU_MEMORY_GB", 0.0),
         kernels=_bool("MMPREP_KERNELS", True),
     )

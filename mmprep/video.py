@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
+from . import memory
 from .config import settings
 from .decode import decode_cpu, decode_nvdec, nvdec_available
 from .errors import TooManyFramesError, UnsupportedCodecError
-from .probe import probe
+from .probe import StreamInfo, probe
 from .sampling import plan_decode, sample_indices
 from .source import Source, read_source
 
@@ -95,7 +96,7 @@ def decode_video(
     *,
     num_frames: int | None = None,
     fps: float | None = None,
-    indices: Sequence[int] | None = None,
+    indices: Sequence[int] | Callable[[StreamInfo], Sequence[int]] | None = None,
     device: str | torch.device = "auto",
     max_pixels: int | None = None,
     max_frames: int | None = None,
@@ -104,7 +105,8 @@ def decode_video(
 
     ``num_frames`` spreads that many frames evenly over the clip, ``fps`` takes one frame per
     ``1/fps`` seconds; with both the fewer wins, with neither every frame is returned.
-    ``indices`` picks display-order frames explicitly instead (any order, repeats allowed).
+    ``indices`` picks display-order frames explicitly instead (any order, repeats allowed), or is
+    a function of the probed ``StreamInfo`` returning them (how vLLM's model-specific samplers plug in).
     ``device="auto"`` uses NVDEC when CUDA, PyNvVideoCodec and the stream allow, else PyAV on
     the CPU; ``"cuda"``/``"cuda:N"`` insists on NVDEC; ``"cpu"`` on PyAV. Bad media raises
     ``mmprep.MediaError``.
@@ -121,6 +123,8 @@ def decode_video(
     else:
         if num_frames is not None or fps is not None:
             raise ValueError("pass either indices or num_frames/fps, not both")
+        if callable(indices):
+            indices = indices(st)
         indices = [int(i) for i in indices]
         bad = [i for i in indices if not 0 <= i < st.num_frames]
         if bad or not indices:
@@ -138,7 +142,14 @@ def decode_video(
     frames, backend = None, "cpu"
     if kind == "cuda" or (kind == "auto" and nvdec_available()):
         try:  # decode_nvdec checks NVDEC's support first and raises UnsupportedCodecError
-            frames, backend = decode_nvdec(data, info, plan, len(indices), gpu=gpu), "nvdec"
+            lease = memory.acquire(len(indices) * st.width * st.height * 3)
+            try:
+                frames, backend = decode_nvdec(data, info, plan, len(indices), gpu=gpu), "nvdec"
+            except BaseException:
+                if lease is not None:
+                    lease.release()
+                raise
+            memory.hold_for(frames, lease)
         except UnsupportedCodecError as e:
             if kind != "auto":
                 raise

@@ -1,0 +1,432 @@
+"""Zero-copy hand-off of CUDA tensors to another process, under a lease the producer enforces.
+
+``share(tensor) -> Handle`` (producer) and ``open(handle) -> tensor`` (consumer) map the same
+device memory into the consumer through CUDA IPC: no copy, no allocation on the consumer side.
+Unlike ``torch.multiprocessing``'s reference counting, the producer owns the memory: it keeps the
+tensor alive until the consumer releases it (``release``, or freeing the opened tensor), the
+consumer process dies, or nobody opens it within ``timeout`` (or holds it past ``max_hold``) —
+then the memory goes back to the producer's allocator, so a lost message or a crashed consumer
+cannot leak GPU memory. The handle is a small picklable object;
+it names the GPU by UUID, so processes with different ``CUDA_VISIBLE_DEVICES`` agree on the device.
+"""
+
+from __future__ import annotations
+
+import builtins
+import ctypes
+import logging
+import mmap
+import os
+import secrets
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["Handle", "LeaseExpiredError", "share", "open", "release", "wait_released", "outstanding"]
+
+logger = logging.getLogger("mmprep")
+
+_SLOTS = 4096
+_SLOT_BYTES = 16  # uint32 generation, uint32 state, int32 consumer pid, pad
+_FREE, _SHARED, _OPENED, _RELEASED = 0, 1, 2, 3
+_POLL_S = 0.02
+
+
+class LeaseExpiredError(RuntimeError):
+    """The producer already reclaimed the memory behind a handle (released, timed out, or gone)."""
+
+
+@dataclass(frozen=True)
+class Handle:
+    """Everything a consumer needs to map a producer's CUDA tensor; pickle it to send it."""
+
+    mem: bytes
+    """CUDA IPC handle of the allocation that holds the tensor."""
+    offset: int
+    """Bytes from the allocation base to the tensor's storage offset 0."""
+    device_uuid: str
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+    dtype: str
+    """``str(torch.dtype)`` without the ``torch.`` prefix."""
+    nbytes_span: int
+    """Bytes the tensor's elements span from its storage offset 0."""
+    event: bytes
+    """IPC handle of an event recorded after the producer's last write; the consumer waits on it."""
+    table: str
+    slot: int
+    generation: int
+    producer_pid: int
+
+
+# ---------------------------------------------------------------- CUDA driver calls (libcuda)
+class _IpcMemHandle(ctypes.Structure):
+    _fields_ = [("reserved", ctypes.c_char * 64)]
+
+
+_cuda = None
+
+
+def _driver():
+    global _cuda
+    if _cuda is None:
+        lib = ctypes.CDLL("libcuda.so.1")
+        lib.cuMemGetAddressRange_v2.argtypes = [
+            ctypes.POINTER(ctypes.c_uint64), ctypes.POINTER(ctypes.c_size_t), ctypes.c_uint64]
+        lib.cuIpcGetMemHandle.argtypes = [ctypes.POINTER(_IpcMemHandle), ctypes.c_uint64]
+        lib.cuIpcOpenMemHandle_v2.argtypes = [ctypes.POINTER(ctypes.c_uint64), _IpcMemHandle, ctypes.c_uint]
+        lib.cuIpcCloseMemHandle.argtypes = [ctypes.c_uint64]
+        lib.cuGetErrorName.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_char_p)]
+        lib.cuDeviceGet.argtypes = [ctypes.POINTER(ctypes.c_int), ctypes.c_int]
+        lib.cuDevicePrimaryCtxRetain.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_int]
+        lib.cuCtxPushCurrent_v2.argtypes = [ctypes.c_void_p]
+        lib.cuCtxPopCurrent_v2.argtypes = [ctypes.POINTER(ctypes.c_void_p)]
+        _cuda = lib
+    return _cuda
+
+
+def _check(rc: int, what: str) -> None:
+    if rc != 0:
+        name = ctypes.c_char_p()
+        _driver().cuGetErrorName(rc, ctypes.byref(name))
+        hint = ""
+        if what == "cuIpcGetMemHandle":
+            hint = " (memory from expandable segments or a non-default allocator cannot be shared this way)"
+        raise RuntimeError(f"{what} failed: {(name.value or b'?').decode()} ({rc}){hint}")
+
+
+_contexts: dict[int, int] = {}
+
+
+class _bound:
+    """Make device ``dev``'s primary context (the one torch uses) current for driver calls."""
+
+    def __init__(self, dev: int) -> None:
+        self.dev = dev
+
+    def __enter__(self):
+        lib = _driver()
+        ctx = _contexts.get(self.dev)
+        if ctx is None:
+            torch.cuda.init()
+            cu_dev, c = ctypes.c_int(), ctypes.c_void_p()
+            _check(lib.cuDeviceGet(ctypes.byref(cu_dev), self.dev), "cuDeviceGet")
+            _check(lib.cuDevicePrimaryCtxRetain(ctypes.byref(c), cu_dev), "cuDevicePrimaryCtxRetain")
+            ctx = _contexts[self.dev] = c.value
+        _check(lib.cuCtxPushCurrent_v2(ctypes.c_void_p(ctx)), "cuCtxPushCurrent")
+        return lib
+
+    def __exit__(self, *exc: object) -> None:
+        _driver().cuCtxPopCurrent_v2(ctypes.byref(ctypes.c_void_p()))
+
+
+def _device_uuid(index: int) -> str:
+    return str(torch.cuda.get_device_properties(index).uuid)
+
+
+def _local_device(uuid: str) -> int:
+    for i in range(torch.cuda.device_count()):
+        if _device_uuid(i) == uuid:
+            return i
+    raise RuntimeError(
+        f"the GPU that holds this tensor (uuid {uuid}) is not visible in this process; "
+        "open handles on the same GPU the producer used (check CUDA_VISIBLE_DEVICES)"
+    )
+
+
+# ---------------------------------------------------------------- lease table (shared file)
+def _table_dir() -> str:
+    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
+
+
+class _Table:
+    """A small file both sides map: per slot the generation, state and consumer pid."""
+
+    def __init__(self, path: str, create: bool) -> None:
+        self.path = path
+        flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0)
+        fd = os.open(path, flags, 0o600)
+        try:
+            if create:
+                os.ftruncate(fd, _SLOTS * _SLOT_BYTES)
+            self._mm = mmap.mmap(fd, _SLOTS * _SLOT_BYTES)
+        finally:
+            os.close(fd)
+        self.words = memoryview(self._mm).cast("i")
+
+    def get(self, slot: int) -> tuple[int, int, int]:
+        w = self.words
+        return w[slot * 4] & 0xFFFFFFFF, w[slot * 4 + 1], w[slot * 4 + 2]
+
+    def set_state(self, slot: int, state: int, pid: int | None = None) -> None:
+        if pid is not None:
+            self.words[slot * 4 + 2] = pid
+        self.words[slot * 4 + 1] = state
+
+    def set_generation(self, slot: int, generation: int) -> None:
+        self.words[slot * 4] = generation if generation < 2**31 else generation - 2**32
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass
+class _Lease:
+    tensor: torch.Tensor | None
+    event: torch.cuda.Event
+    open_deadline: float
+    max_hold: float | None
+    generation: int
+    done: threading.Event
+    opened_at: float | None = None
+
+
+class _Producer:
+    """Owns this process's lease table, the tensors on loan and the thread that reclaims them."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        path = os.path.join(_table_dir(), f"mmprep-ipc-{self.pid}-{secrets.token_hex(4)}")
+        self.table = _Table(path, create=True)
+        self.leases: dict[int, _Lease] = {}
+        self.generations = [0] * _SLOTS
+        self.cond = threading.Condition()
+        self._next = 0
+        threading.Thread(target=self._reap, name="mmprep-ipc-reaper", daemon=True).start()
+        import atexit
+
+        atexit.register(self._unlink)
+
+    def _unlink(self) -> None:
+        try:
+            os.unlink(self.table.path)
+        except FileNotFoundError:
+            pass
+
+    def add(self, tensor: torch.Tensor, event: torch.cuda.Event, timeout: float,
+            max_hold: float | None) -> tuple[int, int]:
+        with self.cond:
+            for k in range(_SLOTS):
+                slot = (self._next + k) % _SLOTS
+                if slot not in self.leases:
+                    break
+            else:
+                raise RuntimeError(f"more than {_SLOTS} tensors on loan at once; release some first")
+            self._next = slot + 1
+            gen = self.generations[slot] = (self.generations[slot] + 1) & 0xFFFFFFFF
+            self.table.set_state(slot, _SHARED, pid=0)
+            self.table.set_generation(slot, gen)
+            self.leases[slot] = _Lease(tensor, event, time.monotonic() + timeout, max_hold, gen, threading.Event())
+            self.cond.notify_all()
+            return slot, gen
+
+    def _drop(self, slot: int, why: str) -> None:
+        lease = self.leases.pop(slot)
+        lease.tensor = None
+        self.generations[slot] = (self.generations[slot] + 1) & 0xFFFFFFFF
+        self.table.set_generation(slot, self.generations[slot])
+        self.table.set_state(slot, _FREE, pid=0)
+        lease.done.set()
+        if why != "released":
+            logger.warning("mmprep.ipc: reclaimed a shared tensor (slot %d): %s", slot, why)
+
+    def _reap(self) -> None:
+        while True:
+            with self.cond:
+                while not self.leases:
+                    self.cond.wait()
+                now = time.monotonic()
+                for slot, lease in list(self.leases.items()):
+                    gen, state, pid = self.table.get(slot)
+                    if state == _RELEASED:
+                        self._drop(slot, "released")
+                    elif state == _OPENED:
+                        if lease.opened_at is None:
+                            lease.opened_at = now
+                        if pid and not _alive(pid):
+                            self._drop(slot, f"consumer process {pid} is gone")
+                        elif lease.max_hold is not None and now > lease.opened_at + lease.max_hold:
+                            self._drop(slot, f"consumer held it over max_hold={lease.max_hold} s")
+                    elif now > lease.open_deadline:
+                        self._drop(slot, "nobody opened it within the timeout")
+            time.sleep(_POLL_S)
+
+
+_producer: _Producer | None = None
+_producer_lock = threading.Lock()
+
+
+def _get_producer() -> _Producer:
+    global _producer
+    with _producer_lock:
+        if _producer is None or _producer.pid != os.getpid():
+            _producer = _Producer()  # first use, or a fork: a child gets its own table
+        return _producer
+
+
+# ---------------------------------------------------------------- public API
+def share(tensor: torch.Tensor, *, timeout: float = 60.0, max_hold: float | None = None) -> Handle:
+    """Lend ``tensor`` (CUDA) to another process until the consumer releases it.
+
+    Reclaimed early when nobody opens it within ``timeout`` seconds, when the consumer process
+    exits, or when it holds the tensor longer than ``max_hold`` seconds (None: no limit).
+    """
+    if not isinstance(tensor, torch.Tensor) or tensor.device.type != "cuda":
+        raise ValueError(
+            f"tensor must be a CUDA torch.Tensor, got {type(tensor).__name__} on "
+            f"{getattr(tensor, 'device', None)}; CPU tensors go through torch.multiprocessing"
+        )
+    if not timeout > 0:
+        raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
+    if max_hold is not None and not max_hold > 0:
+        raise ValueError(f"max_hold must be None or > 0 seconds, got {max_hold}")
+    dev = tensor.device.index if tensor.device.index is not None else torch.cuda.current_device()
+    lib = _driver()
+    elem = tensor.element_size()
+    start = tensor.data_ptr() - tensor.storage_offset() * elem
+    span = (1 + sum((n - 1) * s for n, s in zip(tensor.shape, tensor.stride()) if n > 0)) * elem
+    span = span if tensor.numel() else 0
+    with _bound(dev):
+        base, size = ctypes.c_uint64(), ctypes.c_size_t()
+        _check(lib.cuMemGetAddressRange_v2(ctypes.byref(base), ctypes.byref(size), ctypes.c_uint64(tensor.data_ptr())),
+               "cuMemGetAddressRange")
+        h = _IpcMemHandle()
+        _check(lib.cuIpcGetMemHandle(ctypes.byref(h), base), "cuIpcGetMemHandle")
+    event = torch.cuda.Event(interprocess=True)
+    event.record(torch.cuda.current_stream(dev))
+    p = _get_producer()
+    slot, gen = p.add(tensor, event, timeout, max_hold)
+    return Handle(
+        mem=bytes(h.reserved), offset=start - base.value, device_uuid=_device_uuid(dev),
+        shape=tuple(tensor.shape), stride=tuple(tensor.stride()), dtype=str(tensor.dtype).removeprefix("torch."),
+        nbytes_span=span, event=bytes(event.ipc_handle()), table=p.table.path, slot=slot, generation=gen,
+        producer_pid=os.getpid(),
+    )
+
+
+def wait_released(handle: Handle, timeout: float | None = None) -> bool:
+    """Producer side: wait until the lease behind ``handle`` has ended; True when it has."""
+    p = _get_producer()
+    with p.cond:
+        lease = p.leases.get(handle.slot)
+    if lease is None or lease.generation != handle.generation:
+        return True
+    return lease.done.wait(timeout)
+
+
+def outstanding() -> int:
+    """Producer side: how many shared tensors are still on loan."""
+    p = _producer
+    if p is None:
+        return 0
+    with p.cond:
+        return len(p.leases)
+
+
+# consumer side ------------------------------------------------------------------------------
+_tables: dict[str, _Table] = {}
+_maps: dict[tuple[bytes, int], list[int]] = {}  # (mem handle, device) -> [base pointer, open count]
+_consumer_lock = threading.Lock()
+
+
+def _table(path: str) -> _Table:
+    with _consumer_lock:
+        t = _tables.get(path)
+        if t is None:
+            try:
+                t = _tables[path] = _Table(path, create=False)
+            except FileNotFoundError:
+                raise LeaseExpiredError(f"the producer's lease table {path} is gone (producer exited)") from None
+        return t
+
+
+class _Mapping:
+    """The consumer's view of one opened handle; unmaps and releases when the tensor dies."""
+
+    def __init__(self, handle: Handle, device: int, base: int) -> None:
+        self.handle, self.device, self.base, self.closed = handle, device, base, False
+        self.__cuda_array_interface__ = {
+            "shape": (handle.nbytes_span,), "typestr": "|u1", "data": (base + handle.offset, False),
+            "version": 3, "strides": None, "stream": None,
+        }
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        h = self.handle
+        t = _tables.get(h.table)
+        if t is not None:
+            gen, _, _ = t.get(h.slot)
+            if gen == h.generation:
+                t.set_state(h.slot, _RELEASED)
+        key = (h.mem, self.device)
+        with _consumer_lock:
+            entry = _maps.get(key)
+            if entry is not None:
+                entry[1] -= 1
+                if entry[1] == 0:
+                    del _maps[key]
+                    torch.cuda.current_stream(self.device).synchronize()
+                    with _bound(self.device) as lib:
+                        lib.cuIpcCloseMemHandle(ctypes.c_uint64(entry[0]))
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: the driver or torch may be gone
+            pass
+
+
+def open(handle: Handle) -> torch.Tensor:  # noqa: A001 - the issue's name for it
+    """Consumer side: map the producer's tensor (no copy); waits on the producer's last write."""
+    if not isinstance(handle, Handle):
+        raise ValueError(f"handle must be a mmprep.ipc.Handle, got {type(handle).__name__}")
+    t = _table(handle.table)
+    gen, state, _ = t.get(handle.slot)
+    if gen != handle.generation or state not in (_SHARED, _OPENED):
+        raise LeaseExpiredError(
+            f"the lease for this handle has ended (slot {handle.slot}: released, timed out or reclaimed)"
+        )
+    dev = _local_device(handle.device_uuid)
+    t.set_state(handle.slot, _OPENED, pid=os.getpid())
+    key = (handle.mem, dev)
+    with _consumer_lock:
+        entry = _maps.get(key)
+        if entry is None:
+            ptr = ctypes.c_uint64()
+            with _bound(dev) as lib:  # flag 1: CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS
+                _check(lib.cuIpcOpenMemHandle_v2(ctypes.byref(ptr), _IpcMemHandle(handle.mem), 1),
+                       "cuIpcOpenMemHandle")
+            entry = _maps[key] = [ptr.value, 0]
+        entry[1] += 1
+    mapping = _Mapping(handle, dev, entry[0])
+    dtype = getattr(torch, handle.dtype)
+    with torch.cuda.device(dev):
+        raw = torch.as_tensor(mapping, device=f"cuda:{dev}")
+        event = torch.cuda.Event.from_ipc_handle(dev, handle.event)
+        torch.cuda.current_stream(dev).wait_event(event)
+    if handle.nbytes_span == 0:
+        return torch.empty(handle.shape, dtype=dtype, device=f"cuda:{dev}")
+    flat = raw.view(dtype)
+    out = flat.as_strided(handle.shape, handle.stride, 0)
+    del mapping
+    return out
+
+
+def release(handle: Handle) -> None:
+    """Consumer side: end the lease now (also happens when the opened tensor is freed)."""
+    t = _table(handle.table)
+    gen, _, _ = t.get(handle.slot)
+    if gen == handle.generation:
+        t.set_state(handle.slot, _RELEASED)

@@ -1,0 +1,96 @@
+"""Video loaders for vLLM's ``VIDEO_LOADER_REGISTRY`` that decode with ``mmprep.decode_video``.
+
+Each one keeps the frame sampling of a vLLM loader (uniform ``opencv``, ``qwen2_vl``, ``qwen3_vl``,
+``opencv_dynamic``) by calling that loader's own ``_prepare_source`` /
+``compute_frames_index_to_sample`` / ``create_hf_metadata``, so indices and metadata are what vLLM
+would produce; only the decoding changes (NVDEC, only the GOPs holding sampled frames).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..probe import StreamInfo
+from ..video import decode_video
+
+__all__ = ["SAMPLERS", "OPTIONS", "make_loader", "loader_name"]
+
+SAMPLERS: dict[str, str] = {
+    "opencv": "mmprep",
+    "qwen2_vl": "mmprep_qwen2_vl",
+    "qwen3_vl": "mmprep_qwen3_vl",
+    "opencv_dynamic": "mmprep_dynamic",
+}
+"""vLLM loader whose sampling is reused -> name of the mmprep loader registered for it."""
+
+OPTIONS = {
+    "device": "where to decode: 'auto' (NVDEC when possible, else CPU), 'cuda', 'cuda:N' or 'cpu'",
+    "frames_on": "'device' keeps NVDEC frames on the GPU (default); 'host' copies them to the CPU",
+}
+"""mmprep's own ``--media-io-kwargs '{"video": {...}}'`` options, besides vLLM's sampling ones."""
+
+_IGNORED = {"backend"}  # a codec name meant for vLLM's own loaders; mmprep is the codec here
+_FOREIGN = {"hw_decoders", "num_ffmpeg_threads", "seek_mode", "pool_size", "timeout_sec"}
+
+
+def loader_name(sampler: str) -> str:
+    return SAMPLERS[sampler]
+
+
+def _defaults(fn) -> dict[str, Any]:
+    sig = inspect.signature(fn)
+    return {k: p.default for k, p in sig.parameters.items() if p.default is not inspect.Parameter.empty}
+
+
+def make_loader(base: type) -> type:
+    """A subclass of vLLM loader ``base`` that decodes with mmprep; its defaults (e.g. fps=2) kept."""
+    from vllm.multimodal.video_decoders import VideoSourceMetadata, VideoTargetMetadata, check_frame_pixel_limit
+
+    defaults = _defaults(base.load_bytes)
+    suffix = getattr(base, "_sampling_suffix", "")
+
+    class MmprepVideoLoader(base):  # type: ignore[misc, valid-type]
+        __doc__ = f"mmprep decoding with the frame sampling of vLLM's {base.__name__}."
+
+        @classmethod
+        def load_bytes(cls, data: bytes, num_frames: int = defaults.get("num_frames", -1),
+                       fps: float = defaults.get("fps", -1), max_duration: float = defaults.get("max_duration", 300),
+                       frame_recovery: bool = False, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+            """Decode the frames ``base`` would sample; (frames, metadata) as vLLM's loaders return."""
+            device = kwargs.pop("device", "auto")
+            frames_on = kwargs.pop("frames_on", "device")
+            if frames_on not in ("device", "host"):
+                raise ValueError(f"frames_on must be 'device' or 'host', got {frames_on!r}")
+            for k in _IGNORED:
+                kwargs.pop(k, None)
+            if foreign := sorted(_FOREIGN & kwargs.keys()):
+                raise ValueError(
+                    f"{', '.join(foreign)} is an option of another video backend; mmprep's options are "
+                    f"{', '.join(OPTIONS)} (plus the sampling options num_frames, fps, max_duration)"
+                )
+            target = VideoTargetMetadata(num_frames=num_frames, fps=fps, max_duration=max_duration)
+            seen: dict[str, Any] = {}
+
+            def pick(st: StreamInfo) -> list[int]:
+                check_frame_pixel_limit(st.width, st.height)
+                src = cls._prepare_source(VideoSourceMetadata(st.num_frames, st.fps, st.duration))
+                seen["source"] = src
+                return cls.compute_frames_index_to_sample(source=src, target=target, **kwargs)
+
+            video = decode_video(data, indices=pick, device=device)
+            frames: torch.Tensor | np.ndarray = video.frames
+            if frames.device.type == "cpu":
+                frames = frames.numpy()
+            elif frames_on == "host":
+                frames = frames.cpu().numpy()
+            meta = cls.create_hf_metadata(
+                source=seen["source"], valid_frame_indices=list(video.indices), video_backend=f"mmprep{suffix}"
+            )
+            return frames, meta
+
+    MmprepVideoLoader.__name__ = MmprepVideoLoader.__qualname__ = f"Mmprep{base.__name__}"
+    return MmprepVideoLoader

@@ -1,0 +1,60 @@
+"""What ``mmprep.vllm.register()`` does: loaders, connector, and vLLM's GPU budget for mmprep."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from .. import memory
+from . import CONNECTOR_NAME, LOADER_NAME
+from .loader import SAMPLERS, make_loader
+
+logger = logging.getLogger("mmprep")
+_lock = threading.Lock()
+_twins: dict[str, type] = {}  # sampler -> mmprep loader class
+_routes: dict[str, str] = {}  # video processor -> vLLM's own sampler for it, as found at first call
+
+
+def _vllm_pool():
+    from vllm.multimodal.gpu_ipc_memory import get_mm_gpu_ipc_pool
+
+    return get_mm_gpu_ipc_pool()
+
+
+def routed() -> bool:
+    """True when the environment asks vLLM to decode with mmprep."""
+    import vllm.envs as envs
+
+    return envs.VLLM_VIDEO_LOADER_BACKEND == LOADER_NAME or envs.VLLM_MEDIA_CONNECTOR == CONNECTOR_NAME
+
+
+def register() -> None:
+    """Register the mmprep loaders and connector, then route model samplers per the environment.
+
+    Safe to call again: the registrations happen once, the routing follows the current
+    ``VLLM_VIDEO_LOADER_BACKEND`` / ``VLLM_MEDIA_CONNECTOR``.
+    """
+    from vllm.multimodal.media import MEDIA_CONNECTOR_REGISTRY
+    from vllm.multimodal.video import VIDEO_LOADER_REGISTRY as reg
+
+    with _lock:
+        if not _twins:
+            from .connector import MmprepMediaConnector
+
+            for sampler, name in SAMPLERS.items():
+                base = reg.name2class.get(sampler)
+                if base is None:  # a vLLM without that sampler: nothing to mirror
+                    continue
+                _twins[sampler] = reg.register(name, requires_gpu=True)(make_loader(base))
+            _routes.update({p: s for p, s in reg.processor2backend.items() if s in _twins})
+            MEDIA_CONNECTOR_REGISTRY.register(CONNECTOR_NAME)(MmprepMediaConnector)
+            # Decoded frames held on the GPU count against vLLM's --mm-ipc-gpu-memory-gb when set.
+            memory.set_budget_source(_vllm_pool)
+        on = routed()
+        # vLLM picks a model's own sampler (e.g. qwen2_vl for Qwen2-VL) over the env var through
+        # its processor -> loader table; point that table at the mmprep twin of the same sampler.
+        for proc, sampler in _routes.items():
+            name = SAMPLERS[sampler] if on else sampler
+            reg.register(name, video_processor=proc, requires_gpu=reg.backend_requires_gpu(name))(reg.name2class[name])
+    logger.info("mmprep: video loaders %s and media connector %r registered; model samplers %s",
+                sorted(SAMPLERS[s] for s in _twins), CONNECTOR_NAME, "routed to mmprep" if on else "left to vLLM")
