@@ -46,14 +46,14 @@ class Handle:
     mem: bytes
     """CUDA IPC handle of the allocation that holds the tensor."""
     offset: int
-    """Bytes from the allocation base to the tensor's storage offset 0."""
+    """Bytes from the allocation base to the tensor's first element."""
     device_uuid: str
     shape: tuple[int, ...]
     stride: tuple[int, ...]
     dtype: str
     """``str(torch.dtype)`` without the ``torch.`` prefix."""
     nbytes_span: int
-    """Bytes the tensor's elements span from its storage offset 0."""
+    """Bytes the tensor's elements span from its first element."""
     event: bytes
     """IPC handle of an event recorded after the producer's last write; the consumer waits on it."""
     table: str
@@ -64,7 +64,7 @@ class Handle:
 
 # ---------------------------------------------------------------- CUDA driver calls (libcuda)
 class _IpcMemHandle(ctypes.Structure):
-    _fields_ = [("reserved", ctypes.c_char * 64)]
+    _fields_ = [("reserved", ctypes.c_ubyte * 64)]  # c_ubyte, not c_char: c_char arrays stop at a NUL
 
 
 _cuda = None
@@ -171,6 +171,15 @@ class _Table:
 
 
 def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs; a zombie (killed, not yet reaped by its parent) counts as gone."""
+    try:
+        with builtins.open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+        return state not in (b"Z", b"X")
+    except FileNotFoundError:
+        return False
+    except (OSError, IndexError):
+        pass
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -288,14 +297,14 @@ def share(tensor: torch.Tensor, *, timeout: float = 60.0, max_hold: float | None
         )
     if not timeout > 0:
         raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
+    if tensor.numel() == 0:
+        raise ValueError(f"tensor is empty (shape {tuple(tensor.shape)}); nothing to share")
     if max_hold is not None and not max_hold > 0:
         raise ValueError(f"max_hold must be None or > 0 seconds, got {max_hold}")
     dev = tensor.device.index if tensor.device.index is not None else torch.cuda.current_device()
     lib = _driver()
     elem = tensor.element_size()
-    start = tensor.data_ptr() - tensor.storage_offset() * elem
     span = (1 + sum((n - 1) * s for n, s in zip(tensor.shape, tensor.stride()) if n > 0)) * elem
-    span = span if tensor.numel() else 0
     with _bound(dev):
         base, size = ctypes.c_uint64(), ctypes.c_size_t()
         _check(lib.cuMemGetAddressRange_v2(ctypes.byref(base), ctypes.byref(size), ctypes.c_uint64(tensor.data_ptr())),
@@ -307,7 +316,7 @@ def share(tensor: torch.Tensor, *, timeout: float = 60.0, max_hold: float | None
     p = _get_producer()
     slot, gen = p.add(tensor, event, timeout, max_hold)
     return Handle(
-        mem=bytes(h.reserved), offset=start - base.value, device_uuid=_device_uuid(dev),
+        mem=bytes(h.reserved), offset=tensor.data_ptr() - base.value, device_uuid=_device_uuid(dev),
         shape=tuple(tensor.shape), stride=tuple(tensor.stride()), dtype=str(tensor.dtype).removeprefix("torch."),
         nbytes_span=span, event=bytes(event.ipc_handle()), table=p.table.path, slot=slot, generation=gen,
         producer_pid=os.getpid(),
@@ -406,7 +415,7 @@ def open(handle: Handle) -> torch.Tensor:  # noqa: A001 - the issue's name for i
         if entry is None:
             ptr = ctypes.c_uint64()
             with _bound(dev) as lib:  # flag 1: CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS
-                _check(lib.cuIpcOpenMemHandle_v2(ctypes.byref(ptr), _IpcMemHandle(handle.mem), 1),
+                _check(lib.cuIpcOpenMemHandle_v2(ctypes.byref(ptr), _IpcMemHandle((ctypes.c_ubyte * 64).from_buffer_copy(handle.mem)), 1),
                        "cuIpcOpenMemHandle")
             entry = _maps[key] = [ptr.value, 0]
         entry[1] += 1
@@ -416,8 +425,6 @@ def open(handle: Handle) -> torch.Tensor:  # noqa: A001 - the issue's name for i
         raw = torch.as_tensor(mapping, device=f"cuda:{dev}")
         event = torch.cuda.Event.from_ipc_handle(dev, handle.event)
         torch.cuda.current_stream(dev).wait_event(event)
-    if handle.nbytes_span == 0:
-        return torch.empty(handle.shape, dtype=dtype, device=f"cuda:{dev}")
     flat = raw.view(dtype)
     out = flat.as_strided(handle.shape, handle.stride, 0)
     del mapping

@@ -1,0 +1,85 @@
+"""Hand-off of a Qwen2-VL-sized batch (46080x1176 bf16, 108 MB) to another process.
+
+Paths, side by side, each a full round trip (producer hands over, consumer has it on its GPU and
+says so): mmprep.ipc (CUDA IPC, lease), torch.multiprocessing's queue (CUDA IPC by refcount, what
+vLLM's ``--mm-tensor-ipc torch_shm`` uses), and serialize-to-host-and-back (device->host into
+shared memory, host->device in the consumer: the floor of any byte-serializing transport).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import pickle
+
+import pytest
+import torch
+
+from .util import run_rounds
+
+pytestmark = pytest.mark.gpu
+SHAPE = (46080, 1176)
+
+
+def _consumer(conn, queue, host) -> None:
+    import torch
+
+    from mmprep import ipc
+
+    torch.cuda.init()
+    dev = torch.empty(SHAPE, dtype=torch.bfloat16, device="cuda")
+    while True:
+        msg = conn.recv()
+        if msg is None:
+            return
+        if msg == "ipc":
+            t = ipc.open(pickle.loads(conn.recv_bytes()))
+            t[0, :1].add_(0)  # touch it on the device
+            del t
+        elif msg == "torch_queue":
+            t = queue.get()
+            t[0, :1].add_(0)
+            del t
+        elif msg == "host":
+            dev.copy_(host, non_blocking=False)
+        torch.cuda.synchronize()
+        conn.send(True)
+
+
+@pytest.fixture(scope="module")
+def consumer():
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    queue = ctx.Queue()
+    host = torch.empty(SHAPE, dtype=torch.bfloat16).share_memory_()
+    p = ctx.Process(target=_consumer, args=(child, queue, host), daemon=True)
+    p.start()
+    yield parent, queue, host
+    parent.send(None)
+    p.join(10)
+
+
+@pytest.mark.parametrize("path", ["mmprep-ipc", "torch-mp-queue", "host-roundtrip"])
+def bench_handoff_46080x1176_bf16(benchmark, consumer, path):
+    from mmprep import ipc
+
+    conn, queue, host = consumer
+    src = torch.randn(SHAPE, device="cuda").to(torch.bfloat16)
+
+    def once():
+        if path == "mmprep-ipc":
+            h = ipc.share(src)
+            conn.send("ipc")
+            conn.send_bytes(pickle.dumps(h))
+            assert conn.recv()
+            assert ipc.wait_released(h, timeout=10)
+        elif path == "torch-mp-queue":
+            conn.send("torch_queue")
+            queue.put(src)
+            assert conn.recv()
+        else:
+            host.copy_(src)  # device -> host (the serialize side)
+            conn.send("host")
+            assert conn.recv()
+
+    benchmark.group = "hand-off 46080x1176 bf16 to another process"
+    run_rounds(benchmark, once, 1, rounds=20, path=path, mb=src.numel() * 2 / 2**20)
