@@ -75,6 +75,40 @@ def bench_jpeg_to_qwen2_vl(benchmark, jpegs, path, batch):
     run_rounds(benchmark, path_fn(path, jpegs[:batch]), batch, rounds=2 if path == "pil+hf-cpu" else 5, path=path, batch=batch)
 
 
+CALLERS = 3  # concurrent requests, as an API server's media threads issue them
+
+
+@pytest.mark.parametrize("path", [pytest.param(p, marks=gpu) for p in ("mmprep-gpu", "nvjpeg+hf-cuda")])
+def bench_jpeg_to_qwen2_vl_concurrent(benchmark, jpegs, path):
+    """Batch 64 from 3 threads at once: one caller's transform overlaps another's JPEG decode."""
+    import threading
+
+    benchmark.group = f"1080p JPEG -> qwen2_vl pixel_values, batch 64, {CALLERS} concurrent callers"
+    fn = path_fn(path, jpegs)
+
+    def round_():
+        ts = [threading.Thread(target=lambda: [fn() for _ in range(4)]) for _ in range(CALLERS)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+
+    run_rounds(benchmark, round_, 64 * 4 * CALLERS, rounds=3, path=path, batch=64, threads=CALLERS)
+
+
+@pytest.mark.parametrize("path", [pytest.param("nvjpeg", marks=gpu), "pil"])
+def bench_jpeg_decode_64(benchmark, jpegs, path):
+    """Decode alone, batch 64 of 1080p: nvJPEG (torchvision) vs PIL (pillow-simd when installed)."""
+    import PIL
+
+    benchmark.group = "1080p JPEG decode, batch 64"
+    if path == "nvjpeg":
+        fn = lambda: mmprep.decode_images(jpegs, device="cuda")  # noqa: E731
+    else:
+        fn = lambda: mmprep.decode_images(jpegs, device="cpu")  # noqa: E731
+    run_rounds(benchmark, fn, 64, rounds=3, path=path if path == "nvjpeg" else f"pil-{PIL.__version__}")
+
+
 @pytest.fixture(scope="module")
 def frames_1080p() -> torch.Tensor:
     return torch.from_numpy(np.stack([synthetic_frame(i, 1920, 1080) for i in range(32)]))

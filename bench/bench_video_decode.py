@@ -1,4 +1,5 @@
-"""Video decode throughput: mmprep NVDEC vs mmprep CPU vs PyAV vs OpenCV, and the raw NVDEC limit.
+"""Video decode throughput: mmprep NVDEC vs mmprep CPU vs PyAV vs OpenCV vs torchcodec, vLLM's own
+loaders when vLLM is importable, and the raw NVDEC limit, on 10 s 1080p H.264 / HEVC clips.
 
 Each benchmark round decodes ``threads x VIDEOS_PER_THREAD`` videos from bytes, sampling 32
 frames (or all), on ``threads`` Python threads; ``extra_info`` carries videos/s and frames/s.
@@ -20,7 +21,8 @@ from .media import clip_path
 from .util import run_rounds
 
 VIDEOS_PER_THREAD = int(os.environ.get("MMPREP_BENCH_VIDEOS_PER_THREAD", "2"))
-CLIP = "h264_1080p_gop250"
+CLIP = "h264_1080p_gop250"  # the main clip: every path, every thread count
+OTHER_CLIPS = ["h264_1080p_gop30", "hevc_1080p_gop250"]  # 1 s GOP, HEVC: fewer cases each
 
 
 def _engines() -> int:
@@ -105,11 +107,11 @@ def pyav_naive(num_frames):
     return run
 
 
-def opencv_vllm_style(num_frames):
+def opencv_vllm_style(num_frames, clip=CLIP):
     """vLLM's default ``opencv`` loader: grab() every frame, retrieve() the sampled ones."""
     import cv2
 
-    path = str(clip_path(CLIP))
+    path = str(clip_path(clip))
 
     def run(data: bytes) -> int:  # OpenCV reads the cached file of the same bytes
         cap = cv2.VideoCapture(path, cv2.CAP_FFMPEG)
@@ -126,6 +128,33 @@ def opencv_vllm_style(num_frames):
         return n
 
     return run
+
+
+def torchcodec_cpu(num_frames):
+    """torchcodec's CPU decoder (FFmpeg), approximate seek mode, frames picked by index."""
+    from torchcodec.decoders import VideoDecoder
+
+    def run(data: bytes) -> int:
+        dec = VideoDecoder(data, seek_mode="approximate", device="cpu")
+        total = dec.metadata.num_frames
+        idx = sample32(total) if num_frames else list(range(total))
+        return dec.get_frames_at(indices=idx).data.shape[0]
+
+    return run
+
+
+def vllm_loader(name: str, num_frames):
+    """vLLM's own video loader by registry name (``opencv``, ``pynvvideocodec`` with its default 2
+    decoder slots, ``mmprep``)."""
+    from vllm.multimodal.video import VIDEO_LOADER_REGISTRY
+
+    if name.startswith("mmprep"):
+        from mmprep.vllm import register
+
+        register()
+    loader = VIDEO_LOADER_REGISTRY.load(name)
+    kw = {"device": "cuda"} if name.startswith("mmprep") else {}
+    return lambda data: len(loader.load_bytes(data, num_frames=num_frames or -1, **kw)[0])
 
 
 def raw_nvdec_loop():
@@ -153,39 +182,61 @@ def raw_nvdec_loop():
 
 
 @pytest.fixture(scope="module")
-def data() -> bytes:
+def kernels_ready() -> None:
     if torch.cuda.is_available():
         from mmprep.kernels import fused
 
         fused(wait=True)  # measure the steady state, not the one-time kernel build
-    return clip_path(CLIP).read_bytes()
 
 
-GPU_PATHS = ["mmprep-nvdec", "raw-nvdec-loop"]
-CPU_PATHS = ["mmprep-cpu", "pyav", "opencv"]
-# (path, frames, threads): GPU paths at 1 / engines / 16 threads; CPU paths at 1 and 16 threads for
-# sample-32 and at 1 thread for whole-stream decode (16 threads x 300 1080p frames is minutes of CPU).
+GPU_PATHS = ["mmprep-nvdec", "raw-nvdec-loop", "vllm-pynvvideocodec", "vllm-mmprep"]
+CPU_PATHS = ["mmprep-cpu", "pyav", "opencv", "torchcodec-cpu", "vllm-opencv"]
+MAIN_CPU = ["mmprep-cpu", "pyav", "opencv", "torchcodec-cpu"]
+# (clip, path, frames, threads). Main clip: GPU paths at 1 / engines / 16 threads, CPU paths at 1 and
+# 16 threads for sample-32 and at 1 thread for whole-stream decode (16 x 300 1080p frames is minutes
+# of CPU). Other clips: mmprep / raw NVDEC / OpenCV at 1 and 16 threads, sample-32 and all.
 CASES = (
-    [(p, "sample32", t) for p in ["mmprep-nvdec"] + CPU_PATHS for t in (THREADS if p in GPU_PATHS else [1, 16])]
-    + [(p, "all", t) for p in GPU_PATHS for t in THREADS]
-    + [(p, "all", 1) for p in CPU_PATHS]
+    [(CLIP, p, "sample32", t) for p in ["mmprep-nvdec"] + MAIN_CPU for t in (THREADS if p in GPU_PATHS else [1, 16])]
+    + [(CLIP, p, "sample32", t) for p in ["vllm-opencv", "vllm-pynvvideocodec", "vllm-mmprep"] for t in (1, 16)]
+    + [(CLIP, p, "all", t) for p in ["mmprep-nvdec", "raw-nvdec-loop"] for t in THREADS]
+    + [(CLIP, p, "all", 1) for p in MAIN_CPU]
+    + [(c, p, f, t) for c in OTHER_CLIPS for p in ["mmprep-nvdec", "opencv"] for f in ("sample32", "all")
+       for t in ((1, 16) if p in GPU_PATHS or f == "sample32" else (1,))]
+    + [(c, "raw-nvdec-loop", "all", t) for c in OTHER_CLIPS for t in (1, 16)]
 )
+
+
+def _needs(path: str) -> None:
+    if path.startswith("vllm-"):
+        pytest.importorskip("vllm.multimodal.video", reason="vLLM is not importable here")
+    if path == "torchcodec-cpu":
+        pytest.importorskip("torchcodec.decoders", reason="torchcodec is not installed")
+        try:  # torchcodec loads the system's FFmpeg libraries on first use
+            torchcodec_cpu(32)(clip_path(CLIP).read_bytes())
+        except (RuntimeError, OSError) as e:
+            pytest.skip(f"torchcodec cannot load FFmpeg here: {str(e).splitlines()[0][:120]}")
 
 
 @pytest.mark.parametrize(
-    "path,frames,threads",
-    [pytest.param(*c, marks=[pytest.mark.gpu] if c[0] in GPU_PATHS else [], id=f"{c[0]}-{c[1]}-t{c[2]}") for c in CASES],
+    "clip,path,frames,threads",
+    [pytest.param(*c, marks=[pytest.mark.gpu] if c[1] in GPU_PATHS else [], id=f"{c[0]}-{c[1]}-{c[2]}-t{c[3]}")
+     for c in CASES],
 )
-def bench_video_decode(benchmark, data, path, frames, threads):
+def bench_video_decode(benchmark, kernels_ready, clip, path, frames, threads):
     if threads > 1 and path in CPU_PATHS and (os.cpu_count() or 1) < 4:
         pytest.skip(f"{threads} CPU threads on a {os.cpu_count()}-core machine measure nothing useful")
+    _needs(path)
     num = 32 if frames == "sample32" else None
     make = {
         "mmprep-nvdec": mmprep_nvdec,
         "mmprep-cpu": mmprep_cpu,
         "pyav": pyav_naive,
-        "opencv": opencv_vllm_style,
+        "opencv": lambda n: opencv_vllm_style(n, clip),
+        "torchcodec-cpu": torchcodec_cpu,
+        "vllm-opencv": lambda n: vllm_loader("opencv", n),
+        "vllm-pynvvideocodec": lambda n: vllm_loader("pynvvideocodec", n),
+        "vllm-mmprep": lambda n: vllm_loader("mmprep", n),
         "raw-nvdec-loop": lambda _: raw_nvdec_loop(),
     }[path]
-    benchmark.group = f"decode {CLIP} {frames} threads={threads}"
-    measure(benchmark, make(num), data, threads, path=path, clip=CLIP, frames=frames)
+    benchmark.group = f"decode {clip} {frames} threads={threads}"
+    measure(benchmark, make(num), clip_path(clip).read_bytes(), threads, path=path, clip=clip, frames=frames)

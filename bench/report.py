@@ -32,10 +32,14 @@ def markdown(data: list[dict], meta: dict, device: str) -> str:
     for r in data:
         groups[r["group"]].append(r)
     for g, rs in groups.items():
-        lines += [f"**{g}**", "", "| path | items/s | CPU ms / item | wall ms / round | frames/s |", "|---|---:|---:|---:|---:|"]
+        # Where the raw NVDEC loop ran in the same group, every path is also shown as a share of it.
+        raw = next((r["frames_per_s"] for r in rs if r["path"] == "raw-nvdec-loop" and r["frames_per_s"]), None)
+        head = "| path | items/s | CPU ms / item | wall ms / round | frames/s |" + (" % of raw NVDEC |" if raw else "")
+        lines += [f"**{g}**", "", head, "|---|---:|---:|---:|---:|" + ("---:|" if raw else "")]
         for r in sorted(rs, key=lambda r: -r["items_per_s"]):
             fps = f"{r['frames_per_s']:.0f}" if r["frames_per_s"] else ""
-            lines.append(f"| {r['path']} | {r['items_per_s']:.1f} | {r['cpu_ms_per_item']:.2f} | {r['mean_ms']:.1f} | {fps} |")
+            share = f" {100 * r['frames_per_s'] / raw:.0f}% |" if raw and r["frames_per_s"] else (" |" if raw else "")
+            lines.append(f"| {r['path']} | {r['items_per_s']:.1f} | {r['cpu_ms_per_item']:.2f} | {r['mean_ms']:.1f} | {fps} |{share}")
         lines.append("")
     return "\n".join(lines)
 
