@@ -72,7 +72,7 @@ def path_fn(path: str, batch: list[bytes]):
 )
 def bench_jpeg_to_qwen2_vl(benchmark, jpegs, path, batch):
     benchmark.group = f"1080p JPEG -> qwen2_vl pixel_values, batch {batch}"
-    run_rounds(benchmark, path_fn(path, jpegs[:batch]), batch, rounds=2 if path == "pil+hf-cpu" else 5, path=path, batch=batch)
+    run_rounds(benchmark, path_fn(path, jpegs[:batch]), batch, rounds=2 if path == "pil+hf-cpu" else 10, path=path, batch=batch)
 
 
 CALLERS = 3  # concurrent requests, as an API server's media threads issue them

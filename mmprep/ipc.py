@@ -21,11 +21,12 @@ import secrets
 import tempfile
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Handle", "LeaseExpiredError", "share", "open", "release", "wait_released", "outstanding"]
+__all__ = ["Handle", "LeaseExpiredError", "share", "open", "release", "wait_released", "outstanding", "close_idle"]
 
 logger = logging.getLogger("mmprep")
 
@@ -330,7 +331,16 @@ def wait_released(handle: Handle, timeout: float | None = None) -> bool:
         lease = p.leases.get(handle.slot)
     if lease is None or lease.generation != handle.generation:
         return True
-    return lease.done.wait(timeout)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while not lease.done.wait(0.0005):  # notice a release sooner than the reaper's poll would
+        gen, state, _ = p.table.get(handle.slot)
+        if state == _RELEASED and gen == handle.generation:
+            with p.cond:
+                if p.leases.get(handle.slot) is lease:
+                    p._drop(handle.slot, "released")
+        elif deadline is not None and time.monotonic() > deadline:
+            return lease.done.is_set()
+    return True
 
 
 def outstanding() -> int:
@@ -345,6 +355,24 @@ def outstanding() -> int:
 # consumer side ------------------------------------------------------------------------------
 _tables: dict[str, _Table] = {}
 _maps: dict[tuple[bytes, int], list[int]] = {}  # (mem handle, device) -> [base pointer, open count]
+# Mappings nobody uses stay open for reuse (opening one costs about a millisecond): the producer's
+# caching allocator hands out the same few segments again and again. Least recently used closes first.
+_IDLE_MAPPINGS = 16
+_idle: "OrderedDict[tuple[bytes, int], int]" = OrderedDict()
+
+
+def _close_mapping(key: tuple[bytes, int], base: int) -> None:
+    with _bound(key[1]) as lib:
+        lib.cuIpcCloseMemHandle(ctypes.c_uint64(base))
+
+
+def close_idle() -> None:
+    """Consumer side: close the cached mappings no opened tensor uses any more."""
+    with _consumer_lock:
+        while _idle:
+            key, base = _idle.popitem(last=False)
+            _maps.pop(key, None)
+            _close_mapping(key, base)
 _consumer_lock = threading.Lock()
 
 
@@ -374,6 +402,9 @@ class _Mapping:
             return
         self.closed = True
         h = self.handle
+        # Work queued on this process's stream may still read the memory: finish it before the
+        # producer may hand the memory to something else.
+        torch.cuda.current_stream(self.device).synchronize()
         t = _tables.get(h.table)
         if t is not None:
             gen, _, _ = t.get(h.slot)
@@ -385,10 +416,11 @@ class _Mapping:
             if entry is not None:
                 entry[1] -= 1
                 if entry[1] == 0:
-                    del _maps[key]
-                    torch.cuda.current_stream(self.device).synchronize()
-                    with _bound(self.device) as lib:
-                        lib.cuIpcCloseMemHandle(ctypes.c_uint64(entry[0]))
+                    _idle[key] = entry[0]
+                    while len(_idle) > _IDLE_MAPPINGS:
+                        old_key, old_base = _idle.popitem(last=False)
+                        _maps.pop(old_key, None)
+                        _close_mapping(old_key, old_base)
 
     def __del__(self) -> None:
         try:
@@ -412,11 +444,16 @@ def open(handle: Handle) -> torch.Tensor:  # noqa: A001 - the issue's name for i
     key = (handle.mem, dev)
     with _consumer_lock:
         entry = _maps.get(key)
+        _idle.pop(key, None)
         if entry is None:
             ptr = ctypes.c_uint64()
-            with _bound(dev) as lib:  # flag 1: CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS
-                _check(lib.cuIpcOpenMemHandle_v2(ctypes.byref(ptr), _IpcMemHandle((ctypes.c_ubyte * 64).from_buffer_copy(handle.mem)), 1),
-                       "cuIpcOpenMemHandle")
+            raw_handle = _IpcMemHandle((ctypes.c_ubyte * 64).from_buffer_copy(handle.mem))
+            try:
+                with _bound(dev) as lib:  # flag 1: CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS
+                    _check(lib.cuIpcOpenMemHandle_v2(ctypes.byref(ptr), raw_handle, 1), "cuIpcOpenMemHandle")
+            except BaseException:
+                t.set_state(handle.slot, _RELEASED)  # unusable here: let the producer reclaim it now
+                raise
             entry = _maps[key] = [ptr.value, 0]
         entry[1] += 1
     mapping = _Mapping(handle, dev, entry[0])

@@ -202,3 +202,17 @@ def test_gpu_memory_budget_blocks_and_releases():
         assert b.available_bytes == b.total_bytes  # released on error
     finally:
         memory.set_budget_source(None)
+
+
+def test_reopening_the_same_memory_reuses_the_mapping(consumer):
+    """Second hand-off of the same buffer: the consumer's cached mapping serves it, values fresh."""
+    proc, conn = consumer
+    buf = torch.zeros(1 << 16, device="cuda")
+    for value in (1.0, 2.0, 3.0):
+        buf.fill_(value)
+        h = ipc.share(buf)
+        conn.send(("use", pickle.dumps(h)))
+        status, *rest = recv(conn)
+        assert status == "done", rest
+        assert rest[0] == value * buf.numel()
+        assert ipc.wait_released(h, timeout=5)
