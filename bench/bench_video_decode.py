@@ -186,7 +186,11 @@ def kernels_ready() -> None:
     if torch.cuda.is_available():
         from mmprep.kernels import fused
 
-        fused(wait=True)  # measure the steady state, not the one-time kernel build
+        # Measure the steady state, not the one-time kernel build; and never the torch fallback by accident.
+        from mmprep.config import settings
+
+        ok = fused(wait=True) is not None or not settings().kernels
+        assert ok, "the fused kernels did not build; set MMPREP_KERNELS=0 to bench without them"
 
 
 GPU_PATHS = ["mmprep-nvdec", "raw-nvdec-loop", "vllm-pynvvideocodec", "vllm-mmprep"]
