@@ -9,17 +9,22 @@ from dataclasses import dataclass
 __all__ = ["Settings", "settings"]
 
 
-def _int(name: str, default: int, minimum: int = 0) -> int:
+def _number(name: str, default, minimum, parse, what: str):
+    """``name`` parsed with ``parse`` (``default`` when unset), refused below ``minimum``."""
     raw = os.environ.get(name)
     if raw is None or raw.strip() == "":
         return default
     try:
-        value = int(raw)
+        value = parse(raw)
     except ValueError:
-        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
+        raise ValueError(f"{name} must be {what}, got {raw!r}") from None
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return value
+
+
+def _int(name: str, default: int, minimum: int = 0) -> int:
+    return _number(name, default, minimum, int, "an integer")
 
 
 def _bool(name: str, default: bool) -> bool:
@@ -35,16 +40,7 @@ def _bool(name: str, default: bool) -> bool:
 
 
 def _float(name: str, default: float, minimum: float = 0.0) -> float:
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from None
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
+    return _number(name, default, minimum, float, "a number")
 
 
 def _devices(name: str) -> tuple[int, ...] | None:

@@ -55,6 +55,15 @@ class _Lease:
         self.release()
 
 
+def _refuse_over(nbytes: int, total: int) -> None:
+    """A request larger than the whole budget could never be served: refuse it instead of waiting."""
+    if nbytes > total:
+        raise MediaTooLargeError(
+            f"decoded media needs {nbytes} bytes of GPU memory, over the whole budget of "
+            f"{total} (MMPREP_GPU_MEMORY_GB or --mm-ipc-gpu-memory-gb)"
+        )
+
+
 class Budget:
     """Blocking byte semaphore: ``acquire`` waits until ``nbytes`` fit, then returns a lease."""
 
@@ -71,11 +80,7 @@ class Budget:
             return self._available
 
     def acquire(self, nbytes: int) -> _Lease:
-        if nbytes > self.total_bytes:
-            raise MediaTooLargeError(
-                f"decoded media needs {nbytes} bytes of GPU memory, over the whole budget of "
-                f"{self.total_bytes} (MMPREP_GPU_MEMORY_GB or --mm-ipc-gpu-memory-gb)"
-            )
+        _refuse_over(nbytes, self.total_bytes)
         with self._cond:
             while self._available < nbytes:
                 self._cond.wait()
@@ -113,10 +118,7 @@ def acquire(nbytes: int) -> Lease | None:
     b = budget()
     if b is None or nbytes <= 0:
         return None
-    if nbytes > b.total_bytes:
-        raise MediaTooLargeError(
-            f"decoded media needs {nbytes} bytes of GPU memory, over the whole budget of {b.total_bytes}"
-        )
+    _refuse_over(nbytes, b.total_bytes)  # vLLM's pool would raise a plain ValueError instead
     return b.acquire(nbytes)
 
 

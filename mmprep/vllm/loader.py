@@ -17,7 +17,7 @@ import torch
 from ..probe import StreamInfo
 from ..video import decode_video
 
-__all__ = ["SAMPLERS", "OPTIONS", "make_loader", "loader_name"]
+__all__ = ["SAMPLERS", "OPTIONS", "make_loader"]
 
 SAMPLERS: dict[str, str] = {
     "opencv": "mmprep",
@@ -35,10 +35,6 @@ OPTIONS = {
 
 _IGNORED = {"backend"}  # a codec name meant for vLLM's own loaders; mmprep is the codec here
 _FOREIGN = {"hw_decoders", "num_ffmpeg_threads", "seek_mode", "pool_size", "timeout_sec"}
-
-
-def loader_name(sampler: str) -> str:
-    return SAMPLERS[sampler]
 
 
 def _defaults(fn) -> dict[str, Any]:
