@@ -79,6 +79,9 @@ template <>
 __device__ __forceinline__ float cast_out<float>(float v) { return v; }
 template <>
 __device__ __forceinline__ __nv_bfloat16 cast_out<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+// uint8 out only with norm_mode 2 (raw pixels, already rounded and clamped to 0..255): exact.
+template <>
+__device__ __forceinline__ uint8_t cast_out<uint8_t>(float v) { return static_cast<uint8_t>(v); }
 
 // Horizontal pass of the separable resize: tmp[f][c][y][x] for every input row y and output column x,
 // the exact value PyTorch keeps in its per-thread buffer before the vertical pass.
@@ -182,7 +185,7 @@ std::vector<torch::Tensor> aa_weights(int64_t out_size, int64_t in_size, torch::
   return {w, span};
 }
 
-// frames: logical (T, C, H, W) uint8 CUDA view (any strides). out: CUDA float32/bfloat16, either
+// frames: logical (T, C, H, W) uint8 CUDA view (any strides). out: CUDA float32/bfloat16 (uint8 for raw pixels), either
 // (rows, cols) patches of this item (layout 0) or (T, C, crop_h, crop_w) (layout 1).
 void preprocess(torch::Tensor frames, torch::Tensor out, int64_t h, int64_t w, int64_t layout, int64_t patch,
                 int64_t merge, int64_t tps, int64_t top, int64_t left, int64_t crop_h, int64_t crop_w,
@@ -242,8 +245,12 @@ void preprocess(torch::Tensor frames, torch::Tensor out, int64_t h, int64_t w, i
   if (out.scalar_type() == torch::kFloat32) {
     preprocess_kernel<float><<<grid, block, 0, stream>>>(frames.data_ptr<uint8_t>(), out.data_ptr<float>(), g, ptmp,
                                                          pwy, pys, mean.data_ptr<float>(), stdv.data_ptr<float>());
+  } else if (out.scalar_type() == torch::kUInt8) {
+    TORCH_CHECK(norm_mode == 2, "preprocess: uint8 out holds raw pixels only (norm_mode 2)");
+    preprocess_kernel<uint8_t><<<grid, block, 0, stream>>>(frames.data_ptr<uint8_t>(), out.data_ptr<uint8_t>(), g, ptmp,
+                                                           pwy, pys, mean.data_ptr<float>(), stdv.data_ptr<float>());
   } else {
-    TORCH_CHECK(out.scalar_type() == torch::kBFloat16, "preprocess: out must be float32 or bfloat16");
+    TORCH_CHECK(out.scalar_type() == torch::kBFloat16, "preprocess: out must be float32, bfloat16 or uint8");
     preprocess_kernel<__nv_bfloat16><<<grid, block, 0, stream>>>(
         frames.data_ptr<uint8_t>(), reinterpret_cast<__nv_bfloat16*>(out.data_ptr()), g, ptmp, pwy, pys,
         mean.data_ptr<float>(), stdv.data_ptr<float>());

@@ -53,6 +53,20 @@ def _devices(name: str) -> tuple[int, ...] | None:
         raise ValueError(f"{name} must be a comma-separated list of GPU ordinals, got {raw!r}") from None
 
 
+def _choice(name: str, default: str, allowed: dict[str, str]) -> str:
+    raw = os.environ.get(name, "").strip().lower() or default
+    if raw not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {raw!r}")
+    return allowed[raw]
+
+
+def _device(name: str) -> str:
+    raw = os.environ.get(name, "").strip().lower() or "auto"
+    if raw in ("auto", "cpu", "cuda") or (raw.startswith("cuda:") and raw[5:].isdigit()):
+        return raw
+    raise ValueError(f"{name} must be auto, cpu, cuda or cuda:N, got {raw!r}")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Process-wide defaults; every one can be overridden per call where the API takes it."""
@@ -79,6 +93,10 @@ class Settings:
     """GiB of decoded frames mmprep may hold on each GPU at once (0 = no limit); decodes wait for room."""
     kernels: bool
     """Build and use the fused CUDA kernels of csrc/ (JIT, needs nvcc); else the torch path."""
+    processor: str
+    """vLLM processor hook: "auto" (on with mmprep's loader or connector, on a GPU), "on" or "off"."""
+    processor_device: str
+    """Device of the vLLM processor hook for inputs on the host: "auto" (cuda if present), "cuda[:N]", "cpu"."""
 
 
 @functools.lru_cache(maxsize=1)
@@ -96,4 +114,6 @@ def settings() -> Settings:
         min_image_side=_int("MMPREP_MIN_IMAGE_SIDE", 2, minimum=1),
         gpu_memory_gb=_float("MMPREP_GPU_MEMORY_GB", 0.0),
         kernels=_bool("MMPREP_KERNELS", True),
+        processor=_choice("MMPREP_PROCESSOR", "auto", {"auto": "auto", "1": "on", "on": "on", "0": "off", "off": "off"}),
+        processor_device=_device("MMPREP_PROCESSOR_DEVICE"),
     )

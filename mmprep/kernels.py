@@ -33,7 +33,7 @@ def csrc_dir() -> Path:
     raise FileNotFoundError(f"mmprep kernel sources not found beside {here}")
 
 
-_NAME = "mmprep_kernels_v4"
+_NAME = "mmprep_kernels_v5"
 _SOURCES = ("bindings.cpp", "nv12_to_rgb.cu", "preprocess.cu")
 _builder: threading.Thread | None = None
 

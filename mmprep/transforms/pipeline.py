@@ -83,8 +83,8 @@ def _norm_mode(s: ImageSettings) -> int:
     return 0 if s.do_normalize else (1 if s.do_rescale else 2)
 
 
-def _patch_items(frames_list: list[torch.Tensor], s: ImageSettings, dtype: torch.dtype, device: torch.device, use_kernel: bool):
-    """Qwen-VL layout: (sum of patches, C*tps*P*P) and (N,3) grid_thw."""
+def patch_items(frames_list: list[torch.Tensor], s: ImageSettings, dtype: torch.dtype, device: torch.device, use_kernel: bool):
+    """Qwen-VL layout: (sum of patches, C*tps*P*P) and (N,3) grid_thw (the vLLM processor hook uses it too)."""
     plans = []
     rows = 0
     for fr in frames_list:
@@ -234,7 +234,7 @@ def preprocess(
         s = prof.image.with_kwargs({**processor_kwargs, **(images_kwargs or {})})
         frames = [x.to(dev, non_blocking=True).unsqueeze(0) for x in img_list]
         if s.patch_size:
-            result["pixel_values"], result["image_grid_thw"] = _patch_items(frames, s, out_dtype, dev, kernel_ok)
+            result["pixel_values"], result["image_grid_thw"] = patch_items(frames, s, out_dtype, dev, kernel_ok)
         else:
             result["pixel_values"] = _nchw_items(frames, s, out_dtype, dev, kernel_ok)
     if vid_list:
@@ -242,5 +242,5 @@ def preprocess(
             raise ValueError(f"profile {profile!r} has no video processor; video profiles: qwen2_vl, qwen2_5_vl, qwen3_vl")
         s = prof.video.with_kwargs({**processor_kwargs, **(videos_kwargs or {})})
         frames = [v.to(dev, non_blocking=True) for v in vid_list]
-        result["pixel_values_videos"], result["video_grid_thw"] = _patch_items(frames, s, out_dtype, dev, kernel_ok)
+        result["pixel_values_videos"], result["video_grid_thw"] = patch_items(frames, s, out_dtype, dev, kernel_ok)
     return result

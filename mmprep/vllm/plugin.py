@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import threading
 
-from .. import memory
+import torch
+
+from .. import kernels, memory
 from . import CONNECTOR_NAME, LOADER_NAME
 from .loader import SAMPLERS, make_loader
 
@@ -56,5 +58,24 @@ def register() -> None:
         for proc, sampler in _routes.items():
             name = SAMPLERS[sampler] if on else sampler
             reg.register(name, video_processor=proc, requires_gpu=reg.backend_requires_gpu(name))(reg.name2class[name])
+        pixels = _install_processor()
     logger.info("mmprep: video loaders %s and media connector %r registered; model samplers %s",
                 sorted(SAMPLERS[s] for s in _twins), CONNECTOR_NAME, "routed to mmprep" if on else "left to vLLM")
+    if pixels and not _said:
+        _said.append(True)
+        logger.info("mmprep: processor pixels (resize, normalize, patchify) by mmprep for %s; every other model "
+                    "keeps vLLM's processor unchanged (MMPREP_PROCESSOR=off turns this off)", ", ".join(pixels))
+
+
+_said: list[bool] = []
+
+
+def _install_processor() -> list[str]:
+    """Swap in mmprep's image/video processors for the supported models when ``MMPREP_PROCESSOR`` says so."""
+    from . import processor
+
+    if not processor.enabled():
+        return []
+    if torch.cuda.is_available():
+        kernels.fused(wait=False)  # start the JIT build now; calls before it finishes take the torch path
+    return processor.install()

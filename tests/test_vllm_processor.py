@@ -1,0 +1,173 @@
+"""mmprep inside vLLM's multimodal processor, against vLLM's own processor (real vLLM, real HF).
+
+For the same request, the processor with mmprep's pixels must give what vLLM's default one gives:
+prompt token ids, placeholder ranges, grid_thw and pixel values, bit for bit. On the CPU the hook
+runs mmprep's torch path (``MMPREP_PROCESSOR_DEVICE=cpu``); on a GPU (marked ``gpu``) the fused kernels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+vllm = pytest.importorskip("vllm", reason="vLLM is not installed (pip install mmprep[test])")
+
+from PIL import Image  # noqa: E402
+
+from mmprep.vllm import processor as hook  # noqa: E402
+
+from .tiny_model import make_tiny_qwen2_vl  # noqa: E402
+
+PROMPT = "<|im_start|>user\n{}Describe<|im_end|>\n"
+VIDEO = "<|vision_start|><|video_pad|><|vision_end|>"
+IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny_qwen2_vl(tmp_path_factory.mktemp("tiny_qwen2_vl_proc"))
+
+
+def model_config(path, **kw):
+    from vllm.config import ModelConfig
+
+    return ModelConfig(model=str(path), tokenizer=str(path), max_model_len=32768, **kw)
+
+
+def processors(cfg, device: str):
+    """(vLLM's processor, the processor with mmprep's pixels) for one model config."""
+    from vllm.multimodal import MULTIMODAL_REGISTRY
+
+    hook.uninstall()
+    ref = MULTIMODAL_REGISTRY.create_processor(cfg)
+    hook.install()
+    try:
+        mine = MULTIMODAL_REGISTRY.create_processor(cfg)
+    finally:
+        hook.uninstall()
+    opts = hook.options_for(cfg)
+    mine.info._mmprep_opts = hook.PixelOptions(device=device, dtype=opts.dtype, keep_on_device=opts.keep_on_device)
+    assert type(mine.info).__name__.startswith("Mmprep") and not type(ref.info).__name__.startswith("Mmprep")
+    return ref, mine
+
+
+def frames(t: int, h: int, w: int, seed: int) -> np.ndarray:
+    """Natural-ish frames: smooth gradients plus noise, so resizing has real work to do."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w]
+    base = np.stack([(x * 255 // max(w - 1, 1)), (y * 255 // max(h - 1, 1)), ((x + y) * 127 // max(h + w, 1))], -1)
+    out = [(base + rng.integers(0, 40, (h, w, 3)) + 9 * i) % 256 for i in range(t)]
+    return np.stack(out).astype(np.uint8)
+
+
+def video_item(t: int, h: int, w: int, seed: int = 0):
+    meta = {"total_num_frames": t * 3, "fps": 30.0, "duration": t / 10, "video_backend": "opencv",
+            "frames_indices": list(range(0, 3 * t, 3)), "do_sample_frames": False}
+    return (frames(t, h, w, seed), meta)
+
+
+def apply(proc, prompt: str, mm_data: dict, kwargs: dict | None = None, path: str | None = None):
+    """Run ``proc``; ``path`` ("mmprep"/"hf"): the hook's path every sub-processor call must take."""
+    before = dict(hook.CALLS)
+    out = proc(prompt, proc.info.parse_mm_data(mm_data), hf_processor_mm_kwargs=kwargs or {})
+    ran = {k: hook.CALLS[k] - before[k] for k in before}
+    if path is None:
+        assert not any(ran.values()), f"vLLM's own processor went through the hook: {ran}"
+    else:
+        assert ran[path] > 0 and sum(ran.values()) == ran[path], ran
+    return out, out["mm_kwargs"].get_data()
+
+
+def assert_same(a, b):
+    """Same prompt, same placeholders, same tensors (dtype, shape, every value)."""
+    (out_a, kw_a), (out_b, kw_b) = a, b
+    assert out_a["prompt_token_ids"] == out_b["prompt_token_ids"]
+    assert {m: [(r.offset, r.length) for r in v] for m, v in out_a["mm_placeholders"].items()} == {
+        m: [(r.offset, r.length) for r in v] for m, v in out_b["mm_placeholders"].items()}
+    assert kw_a.keys() == kw_b.keys()
+    for k in kw_a:
+        x, y = kw_a[k], kw_b[k]
+        if isinstance(x, torch.Tensor):
+            assert x.dtype == y.dtype and x.shape == y.shape, k
+            assert not x.is_cuda, f"{k} must reach vLLM on the host here"
+            assert torch.equal(x, y.to(x.device)), f"{k}: max diff {(x.float() - y.float()).abs().max()}"
+
+
+CASES = [
+    # (dtype, device normalization, video T,H,W, processor kwargs)
+    ("float32", None, (8, 240, 320), {}),
+    ("bfloat16", None, (6, 130, 226), {}),
+    ("bfloat16", False, (5, 360, 640), {}),  # odd T: HF repeats the last frame
+    ("float32", False, (4, 100, 1000), {"max_pixels": 200_000}),
+]
+
+
+@pytest.mark.parametrize("dtype,device_norm,shape,kwargs", CASES)
+def test_video_equals_vllm_processor(tiny, dtype, device_norm, shape, kwargs):
+    extra = {} if device_norm is None else {"mm_device_do_normalize": device_norm}
+    cfg = model_config(tiny, dtype=dtype, **extra)
+    ref, mine = processors(cfg, "cpu")
+    data = {"video": [video_item(*shape, seed=1)]}
+    assert_same(apply(mine, PROMPT.format(VIDEO), data, kwargs, path="mmprep"), apply(ref, PROMPT.format(VIDEO), data, kwargs))
+
+
+@pytest.mark.parametrize("dtype,device_norm", [("float32", None), ("bfloat16", False)])
+def test_images_and_video_together_equal_vllm_processor(tiny, dtype, device_norm):
+    extra = {} if device_norm is None else {"mm_device_do_normalize": device_norm}
+    cfg = model_config(tiny, dtype=dtype, limit_mm_per_prompt={"image": 3, "video": 1}, **extra)
+    ref, mine = processors(cfg, "cpu")
+    pil = Image.fromarray(frames(1, 300, 451, 7)[0])
+    chw = torch.from_numpy(frames(1, 97, 61, 8)[0]).permute(2, 0, 1).contiguous()  # what mmprep's connector gives
+    data = {"image": [pil, chw, Image.fromarray(frames(1, 56, 56, 9)[0])], "video": [video_item(4, 120, 160, 3)]}
+    prompt = PROMPT.format(IMAGE * 3 + VIDEO)
+    assert_same(apply(mine, prompt, data, path="mmprep"), apply(ref, prompt, data))
+
+
+def test_hook_leaves_vllm_cached_hf_processor_alone(tiny):
+    cfg = model_config(tiny, dtype="float32")
+    ref, mine = processors(cfg, "cpu")
+    hf_ref, hf_mine = ref.info.get_hf_processor(), mine.info.get_hf_processor()
+    assert hf_mine is not hf_ref and hf_mine is mine.info.get_hf_processor()  # one swapped copy, reused
+    assert not isinstance(hf_ref.video_processor, hook._Pixels) and isinstance(hf_mine.video_processor, hook._Pixels)
+    # vLLM's own code reads the HF class and attributes: still the HF class, same settings.
+    assert isinstance(hf_mine.video_processor, type(hf_ref.video_processor))
+    assert hf_mine.video_processor.size == hf_ref.video_processor.size
+    assert hf_mine.image_processor.merge_size == hf_ref.image_processor.merge_size
+
+
+def test_unsupported_filter_falls_back_to_hf_on_same_device(tiny):
+    """A resample filter the kernels do not reproduce runs HF's own _preprocess: same answer."""
+    cfg = model_config(tiny, dtype="float32", mm_processor_kwargs={"resample": 2})  # bilinear
+    ref, mine = processors(cfg, "cpu")
+    data = {"video": [video_item(4, 120, 160, 4)]}
+    assert_same(apply(mine, PROMPT.format(VIDEO), data, path="hf"), apply(ref, PROMPT.format(VIDEO), data))
+
+
+def test_install_lists_models_and_is_idempotent():
+    hook.uninstall()
+    try:
+        first = hook.install()
+        assert {"Qwen2-VL", "Qwen2.5-VL", "Qwen3-VL"} <= set(first)
+        assert hook.install() == first
+        from vllm.model_executor.models.qwen2_vl import Qwen2VLForConditionalGeneration as M
+
+        assert M._processor_factory.info.__name__ == "MmprepQwen2VLProcessingInfo"
+    finally:
+        hook.uninstall()
+    assert M._processor_factory.info.__name__ == "Qwen2VLProcessingInfo"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype,device_norm,shape,kwargs", CASES)
+def test_gpu_video_equals_vllm_processor(tiny, dtype, device_norm, shape, kwargs):
+    """Fused kernels on the GPU vs vLLM's processor (HF on the CPU): exact."""
+    from mmprep import kernels
+
+    assert kernels.fused(wait=True) is not None, "fused kernels failed to build"
+    extra = {} if device_norm is None else {"mm_device_do_normalize": device_norm}
+    cfg = model_config(tiny, dtype=dtype, **extra)
+    ref, mine = processors(cfg, "cuda")
+    item = video_item(*shape, seed=2)
+    gpu = {"video": [(torch.from_numpy(item[0]).cuda(), item[1])]}  # frames as mmprep's loader leaves them
+    assert_same(apply(mine, PROMPT.format(VIDEO), gpu, kwargs, path="mmprep"), apply(ref, PROMPT.format(VIDEO), {"video": [item]}, kwargs))
