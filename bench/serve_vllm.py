@@ -1,0 +1,337 @@
+"""Serving benchmark: a real ``vllm serve`` (dummy weights) per arm, video and image chat requests.
+
+Arms (one server each, run one after another in one call):
+  opencv   vLLM's default: OpenCV decode, PIL images, HF processor on the API server's CPU.
+  mmprep   VLLM_VIDEO_LOADER_BACKEND=mmprep + VLLM_MEDIA_CONNECTOR=mmprep: NVDEC/nvJPEG decode and
+           the processor's pixel work on the GPU (mmprep's processor hook, on by default with these).
+  ceiling  vLLM's default with the processor cache on: each clip is sent once with a uuid, then the
+           timed requests send only the uuid, so no fetch, decode or processing runs; the engine still
+           runs the vision encoder and the prefill. What the engine serves when media cost nothing.
+Per server: video load (req/s, p50/p99, server-tree and API-server CPU-ms per request, GPU memory),
+concurrency-1 latency (max_tokens=1: time to first token), an image load (4 JPEGs per request), bad
+media (each must get HTTP 400 and the server keep serving), first-token logprobs of a PNG request.
+
+    python3 bench/serve_vllm.py --model /tmp/qwen2vl2b --out $OUT/serve.json [-- <vllm serve flags>]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def make_media(d: Path, clips: int) -> dict[str, list[Path]]:
+    """10 s 1080p H.264 clips (frame counts differ so each hashes apart), 1080p JPEGs, a PNG, bad files."""
+    from PIL import Image
+
+    from mmprep.testing import make_video
+
+    d.mkdir(parents=True, exist_ok=True)
+    out: dict[str, list[Path]] = {"video": [], "image": [], "png": [], "bad": []}
+    for i in range(clips):
+        p = d / f"h264_1080p_gop250_{i}.mp4"
+        if not p.exists():
+            p.write_bytes(make_video(codec="h264", width=1920, height=1080, frames=300 - i, fps=30, gop=250,
+                                     bframes=3, bitrate=5_000_000))
+        out["video"].append(p)
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:1080, 0:1920]
+    for i in range(8):
+        p = d / f"img_{i}.jpg"
+        if not p.exists():
+            arr = np.stack([(x + 40 * i) % 256, (y + 20 * i) % 256, (x + y) % 256], -1) + rng.integers(0, 30, (1080, 1920, 3))
+            Image.fromarray(arr.clip(0, 255).astype(np.uint8)).save(p, quality=90)
+        out["image"].append(p)
+    p = d / "parity.png"
+    arr = np.stack([x[:480, :640] % 256, y[:480, :640] % 256, (x[:480, :640] * 3) % 256], -1).astype(np.uint8)
+    Image.fromarray(arr).save(p)
+    out["png"].append(p)
+    good = out["video"][0].read_bytes()
+    for name, data in {"random.mp4": rng.integers(0, 256, 200_000, dtype=np.uint8).tobytes(),
+                       "truncated.mp4": good[: len(good) // 50], "empty.mp4": b"",
+                       "garbled.mp4": good[:4096] + rng.integers(0, 256, len(good) - 4096, dtype=np.uint8).tobytes()}.items():
+        (d / name).write_bytes(data)
+        out["bad"].append(d / name)
+    return out
+
+
+def _cpu(procs) -> float:
+    import psutil
+
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(CPU seconds of the whole server process tree, of the API-server process alone)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        tree = [root] + root.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return 0.0, 0.0
+    api = [p for p in tree if "APIServer" in " ".join(_name(p))] or [root]
+    return _cpu(tree), _cpu(api)
+
+
+def _name(p) -> list[str]:
+    try:
+        return [p.name()] + p.cmdline()[:1]
+    except Exception:  # noqa: BLE001
+        return []
+
+
+def gpu_mem_mib() -> list[int]:
+    r = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                       capture_output=True, text=True)
+    return [int(x) for x in r.stdout.split()] if r.returncode == 0 else []
+
+
+def stop(proc: subprocess.Popen) -> None:
+    import psutil
+
+    try:
+        kids = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        kids = []
+    proc.terminate()
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    for k in kids:
+        try:
+            k.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
+async def wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> None:
+    import aiohttp
+
+    t0 = time.time()
+    async with aiohttp.ClientSession() as s:
+        while time.time() - t0 < timeout:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode} before it was ready")
+            try:
+                async with s.get(url + "/health", timeout=aiohttp.ClientTimeout(total=5)) as r:
+                    if r.status == 200:
+                        return
+            except Exception:  # noqa: BLE001
+                pass
+            await asyncio.sleep(2)
+    raise TimeoutError(f"server not ready after {timeout} s")
+
+
+def video_part(path: Path | None, uuid: str | None = None) -> dict:
+    part: dict = {"type": "video_url", "video_url": {"url": path.resolve().as_uri() if path else ""}}
+    if uuid:
+        part["uuid"] = uuid
+    return part
+
+
+def image_part(path: Path) -> dict:
+    return {"type": "image_url", "image_url": {"url": path.resolve().as_uri()}}
+
+
+async def load(url: str, bodies: list[list[dict]], conc: int, extra: dict | None = None) -> dict:
+    """Send one chat request per content list at ``conc`` concurrency; latency, status counts."""
+    import aiohttp
+
+    sem = asyncio.Semaphore(conc)
+    lat: list[float] = []
+    toks: list[int] = []
+    errors: list[str] = []
+    statuses: dict[str, int] = {}
+    first: list = []
+
+    async def one(s, content):
+        body = {"model": "m", "max_tokens": 1, "temperature": 0.0, **(extra or {}),
+                "messages": [{"role": "user", "content": content + [{"type": "text", "text": "Describe this."}]}]}
+        async with sem:
+            t = time.perf_counter()
+            try:
+                async with s.post(url + "/v1/chat/completions", json=body) as r:
+                    txt = await r.text()
+                    statuses[str(r.status)] = statuses.get(str(r.status), 0) + 1
+                    if r.status != 200:
+                        errors.append(f"{r.status}: {txt[:240]}")
+                        return
+                    js = json.loads(txt)
+                    toks.append(js["usage"]["prompt_tokens"])
+                    first.append(js["choices"][0].get("logprobs"))
+            except Exception as e:  # noqa: BLE001
+                errors.append(repr(e)[:240])
+                return
+            lat.append(time.perf_counter() - t)
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=900)) as s:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one(s, c) for c in bodies))
+        wall = time.perf_counter() - t0
+    lat.sort()
+    return {"n": len(bodies), "ok": len(lat), "statuses": statuses, "errors": errors[:6], "wall_s": wall,
+            "req_per_s": len(lat) / wall if wall else 0.0,
+            "p50_s": statistics.median(lat) if lat else None,
+            "p99_s": lat[min(len(lat) - 1, int(0.99 * len(lat)))] if lat else None,
+            "prompt_tokens_mean": statistics.mean(toks) if toks else None, "logprobs": first[:1]}
+
+
+def server_cmd(a, arm: str) -> tuple[list[str], dict]:
+    env = dict(os.environ)
+    for k in ("VLLM_VIDEO_LOADER_BACKEND", "VLLM_MEDIA_CONNECTOR", "MMPREP_PROCESSOR"):
+        env.pop(k, None)
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("VLLM_NO_USAGE_STATS", "1")
+    if a.gpus:
+        env["CUDA_VISIBLE_DEVICES"] = a.gpus
+    cache = "8" if arm == "ceiling" else "0"
+    cmd = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", a.model, "--load-format", "dummy",
+           "--served-model-name", "m", "--port", str(a.port), "--dtype", "bfloat16", "--seed", "0",
+           "--max-model-len", str(a.max_model_len), "--max-num-seqs", str(a.max_num_seqs),
+           "--gpu-memory-utilization", str(a.gpu_mem), "--limit-mm-per-prompt", json.dumps({"video": 1, "image": 4}),
+           "--allowed-local-media-path", str(a.media_dir.resolve()), "--mm-processor-cache-gb", cache,
+           "--no-enable-prefix-caching", "--max-logprobs", "5"]
+    if a.enforce_eager:
+        cmd.append("--enforce-eager")
+    if arm == "mmprep":
+        env["VLLM_VIDEO_LOADER_BACKEND"] = "mmprep"
+        env["VLLM_MEDIA_CONNECTOR"] = "mmprep"
+        cmd += ["--media-io-kwargs", json.dumps({"video": {"device": a.decode_device}})]
+    return cmd + a.extra, env
+
+
+def run_arm(arm: str, a, media: dict[str, list[Path]]) -> dict:
+    cmd, env = server_cmd(a, arm)
+    log_path = Path(a.log_dir) / f"server_{arm}{a.tag}.log"
+    url = f"http://127.0.0.1:{a.port}"
+    print(f"[{arm}] {' '.join(cmd)}", flush=True)
+    res: dict = {"arm": arm, "tag": a.tag}
+    vids, imgs = media["video"], media["image"]
+    with open(log_path, "w") as log:
+        t0 = time.time()
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            asyncio.run(wait_ready(url, proc, a.ready_timeout))
+            res["ready_s"] = time.time() - t0
+            print(f"[{arm}] ready in {res['ready_s']:.0f} s", flush=True)
+            if arm == "ceiling":
+                warm = [[video_part(v, uuid=f"clip-{i}")] for i, v in enumerate(vids)]
+                asyncio.run(load(url, warm, len(warm)))
+                timed = [[video_part(None, uuid=f"clip-{i % len(vids)}")] for i in range(a.requests)]
+            else:
+                asyncio.run(load(url, [[video_part(vids[i % len(vids)])] for i in range(a.warmup)], a.concurrency))
+                timed = [[video_part(vids[i % len(vids)])] for i in range(a.requests)]
+            cpu0 = cpu_split(proc.pid)
+            r = asyncio.run(load(url, timed, a.concurrency))
+            cpu1 = cpu_split(proc.pid)
+            if arm == "ceiling" and r["ok"] == 0:  # this vLLM wants the URL with the uuid: cache hits still skip processing
+                res["ceiling_note"] = f"uuid-only refused ({r['errors'][:1]}); timed with url+uuid"
+                timed = [[video_part(vids[i % len(vids)], uuid=f"clip-{i % len(vids)}")] for i in range(a.requests)]
+                cpu0 = cpu_split(proc.pid)
+                r = asyncio.run(load(url, timed, a.concurrency))
+                cpu1 = cpu_split(proc.pid)
+            r["server_cpu_ms_per_req"] = (cpu1[0] - cpu0[0]) * 1000 / max(r["ok"], 1)
+            r["api_server_cpu_ms_per_req"] = (cpu1[1] - cpu0[1]) * 1000 / max(r["ok"], 1)
+            r["gpu_mem_mib"] = gpu_mem_mib()
+            res["video"] = r
+            print(f"[{arm}] video {json.dumps({k: v for k, v in r.items() if k != 'logprobs'})}", flush=True)
+            if arm != "ceiling":
+                one = [[video_part(vids[i % len(vids)])] for i in range(a.ttft_requests)]
+                res["video_c1"] = asyncio.run(load(url, one, 1))
+                print(f"[{arm}] c1 p50 {res['video_c1']['p50_s']}", flush=True)
+                bodies = [[image_part(imgs[(4 * i + j) % len(imgs)]) for j in range(4)] for i in range(a.image_requests)]
+                asyncio.run(load(url, bodies[:4], a.concurrency))
+                cpu0 = cpu_split(proc.pid)
+                r = asyncio.run(load(url, bodies, a.concurrency))
+                cpu1 = cpu_split(proc.pid)
+                r["server_cpu_ms_per_req"] = (cpu1[0] - cpu0[0]) * 1000 / max(r["ok"], 1)
+                r["api_server_cpu_ms_per_req"] = (cpu1[1] - cpu0[1]) * 1000 / max(r["ok"], 1)
+                res["image"] = r
+                print(f"[{arm}] image {r['req_per_s']:.2f} req/s", flush=True)
+                bad = [[video_part(p)] for p in media["bad"]] + [[video_part(vids[0])]] * 2
+                res["bad_media"] = asyncio.run(load(url, bad, 4))
+                print(f"[{arm}] bad media statuses {res['bad_media']['statuses']}", flush=True)
+                res["png_logprobs"] = asyncio.run(load(url, [[image_part(media["png"][0])]], 1,
+                                                       {"logprobs": True, "top_logprobs": 5}))["logprobs"]
+        except Exception as e:  # noqa: BLE001
+            res["failed"] = repr(e)
+            print(f"[{arm}] FAILED {e!r}; server log tail:", flush=True)
+            log.flush()
+            print("".join(open(log_path).readlines()[-50:]), flush=True)
+        finally:
+            stop(proc)
+    return res
+
+
+def table(results: list[dict]) -> str:
+    rows = ["| arm | video req/s | p50 / p99 s | c=1 latency s | server CPU-ms/req (API server) | GPU MiB | image req/s | bad media |",
+            "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        if "failed" in r:
+            rows.append(f"| {r['arm']}{r['tag']} | FAILED: {r['failed'][:80]} |")
+            continue
+        v, c1, im, bad = r["video"], r.get("video_c1", {}), r.get("image", {}), r.get("bad_media", {})
+        rows.append(
+            f"| {r['arm']}{r['tag']} | {v['req_per_s']:.2f} | {v['p50_s']:.2f} / {v['p99_s']:.2f} | "
+            f"{c1.get('p50_s') or 0:.2f} | {v['server_cpu_ms_per_req']:.0f} ({v['api_server_cpu_ms_per_req']:.0f}) | "
+            f"{max(v['gpu_mem_mib'] or [0])} | {im.get('req_per_s', 0):.2f} | {bad.get('statuses', '')} |")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--arms", default="ceiling,opencv,mmprep")
+    ap.add_argument("--tag", default="", help="suffix for this layout in names and the table, e.g. _dp4")
+    ap.add_argument("--gpus", default=None, help="CUDA_VISIBLE_DEVICES for the servers, e.g. 0")
+    ap.add_argument("--media-dir", type=Path, default=Path("/tmp/vbench"))
+    ap.add_argument("--clips", type=int, default=4)
+    ap.add_argument("--requests", type=int, default=64)
+    ap.add_argument("--warmup", type=int, default=8)
+    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--ttft-requests", type=int, default=6)
+    ap.add_argument("--image-requests", type=int, default=48)
+    ap.add_argument("--max-model-len", type=int, default=16384)
+    ap.add_argument("--max-num-seqs", type=int, default=32)
+    ap.add_argument("--gpu-mem", type=float, default=0.7)
+    ap.add_argument("--decode-device", default="auto")
+    ap.add_argument("--no-enforce-eager", dest="enforce_eager", action="store_false")
+    ap.add_argument("--port", type=int, default=8011)
+    ap.add_argument("--ready-timeout", type=float, default=420)
+    ap.add_argument("--log-dir", default=os.environ.get("OUT", "/tmp"))
+    ap.add_argument("--out", default=None, help="JSON file for the results (appended to when it exists)")
+    ap.add_argument("extra", nargs=argparse.REMAINDER, help="after --: more `vllm serve` arguments")
+    a = ap.parse_args()
+    a.extra = [x for x in a.extra if x != "--"]
+    media = make_media(a.media_dir, a.clips)
+    results = [run_arm(arm, a, media) for arm in a.arms.split(",")]
+    if a.out:
+        p = Path(a.out)
+        old = json.loads(p.read_text()) if p.exists() else []
+        p.write_text(json.dumps(old + results, indent=1))
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()
