@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# Serve a Qwen2.5-VL model with media decoded on the GPU by mmprep (needs a GPU and `pip install "mmprep[vllm]"`).
+# Serve a Qwen2.5-VL model with media decoded on the GPU by mmprep (needs a GPU and `pip install -e ".[vllm]"` from a checkout).
 #   VLLM_VIDEO_LOADER_BACKEND=mmprep : videos on NVDEC, the model's own frame sampling kept
 #   VLLM_MEDIA_CONNECTOR=mmprep      : images on nvJPEG too
-#   --mm-ipc-gpu-memory-gb           : frontend GPU budget mmprep's decoded frames are counted against
+#   with either set, Qwen2/2.5/3-VL pixels (resize, normalize, patchify) run on the GPU too
+#   --mm-ipc-gpu-memory-gb           : frontend GPU budget mmprep's frames and processor outputs count against
 set -euo pipefail
 MODEL=${MODEL:-Qwen/Qwen2.5-VL-7B-Instruct}
 export VLLM_VIDEO_LOADER_BACKEND=mmprep VLLM_MEDIA_CONNECTOR=mmprep
 exec vllm serve "$MODEL" \
-  --media-io-kwargs '{"video": {"device": "cuda:0", "frames_on": "host"}}' \
+  --media-io-kwargs '{"video": {"device": "cuda:0"}}' \
   --mm-ipc-gpu-memory-gb 2 \
   --limit-mm-per-prompt '{"image": 4, "video": 1}' "$@"
-# frames_on=host hands host frames to vLLM's CPU processor (the default deployment); with an
-# encode-only instance and --mm-processor-device cuda, use "frames_on": "device".
+# frames_on (default auto) keeps frames on the GPU where mmprep's processor takes them (Qwen2/2.5/3-VL)
+# and copies them to the host for other models' CPU processors; MMPREP_PROCESSOR=off turns the hook off.

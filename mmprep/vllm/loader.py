@@ -29,10 +29,12 @@ SAMPLERS: dict[str, str] = {
 
 OPTIONS = {
     "device": "where to decode: 'auto' (NVDEC when possible, else CPU), 'cuda', 'cuda:N' or 'cpu'",
-    "frames_on": "'device' keeps NVDEC frames on the GPU (default); 'host' copies them to the CPU",
+    "frames_on": "'auto' (default): 'device' where mmprep's processor hook takes them (Qwen samplers with "
+                 "MMPREP_PROCESSOR on), else 'host'; 'device' keeps NVDEC frames on the GPU; 'host' copies them out",
 }
 """mmprep's own ``--media-io-kwargs '{"video": {...}}'`` options, besides vLLM's sampling ones."""
 
+_HOOKED_SAMPLERS = {"qwen2_vl", "qwen3_vl"}  # samplers of the models mmprep.vllm.processor covers
 _IGNORED = {"backend"}  # a codec name meant for vLLM's own loaders; mmprep is the codec here
 _FOREIGN = {"hw_decoders", "num_ffmpeg_threads", "seek_mode", "pool_size", "timeout_sec"}
 
@@ -42,7 +44,7 @@ def _defaults(fn) -> dict[str, Any]:
     return {k: p.default for k, p in sig.parameters.items() if p.default is not inspect.Parameter.empty}
 
 
-def make_loader(base: type) -> type:
+def make_loader(base: type, sampler: str = "") -> type:
     """A subclass of vLLM loader ``base`` that decodes with mmprep; its defaults (e.g. fps=2) kept."""
     from vllm.multimodal.video_decoders import VideoSourceMetadata, VideoTargetMetadata, check_frame_pixel_limit
 
@@ -52,15 +54,24 @@ def make_loader(base: type) -> type:
     class MmprepVideoLoader(base):  # type: ignore[misc, valid-type]
         __doc__ = f"mmprep decoding with the frame sampling of vLLM's {base.__name__}."
 
+        @staticmethod
+        def _hooked_processor() -> bool:
+            """Whether the model behind this sampler gets mmprep's processor (else a CPU processor waits)."""
+            from .processor import enabled
+
+            return sampler in _HOOKED_SAMPLERS and enabled()
+
         @classmethod
         def load_bytes(cls, data: bytes, num_frames: int = defaults.get("num_frames", -1),
                        fps: float = defaults.get("fps", -1), max_duration: float = defaults.get("max_duration", 300),
                        frame_recovery: bool = False, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
             """Decode the frames ``base`` would sample; (frames, metadata) as vLLM's loaders return."""
             device = kwargs.pop("device", "auto")
-            frames_on = kwargs.pop("frames_on", "device")
-            if frames_on not in ("device", "host"):
-                raise ValueError(f"frames_on must be 'device' or 'host', got {frames_on!r}")
+            frames_on = kwargs.pop("frames_on", "auto")
+            if frames_on not in ("auto", "device", "host"):
+                raise ValueError(f"frames_on must be 'auto', 'device' or 'host', got {frames_on!r}")
+            if frames_on == "auto":
+                frames_on = "device" if cls._hooked_processor() else "host"
             for k in _IGNORED:
                 kwargs.pop(k, None)
             if foreign := sorted(_FOREIGN & kwargs.keys()):

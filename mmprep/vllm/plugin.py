@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-import logging
+
+
+from vllm.logger import init_logger
 import threading
 
 import torch
@@ -11,7 +13,7 @@ from .. import kernels, memory
 from . import CONNECTOR_NAME, LOADER_NAME
 from .loader import SAMPLERS, make_loader
 
-logger = logging.getLogger("mmprep")
+logger = init_logger("vllm.mmprep")  # vLLM's logger setup, so servers show these lines
 _lock = threading.Lock()
 _twins: dict[str, type] = {}  # sampler -> mmprep loader class
 _routes: dict[str, str] = {}  # video processor -> vLLM's own sampler for it, as found at first call
@@ -47,7 +49,7 @@ def register() -> None:
                 base = reg.name2class.get(sampler)
                 if base is None:  # a vLLM without that sampler: nothing to mirror
                     continue
-                _twins[sampler] = reg.register(name, requires_gpu=True)(make_loader(base))
+                _twins[sampler] = reg.register(name, requires_gpu=True)(make_loader(base, sampler))
             _routes.update({p: s for p, s in reg.processor2backend.items() if s in _twins})
             MEDIA_CONNECTOR_REGISTRY.register(CONNECTOR_NAME)(MmprepMediaConnector)
             # Decoded frames held on the GPU count against vLLM's --mm-ipc-gpu-memory-gb when set.

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import copy
 import importlib
-import logging
+
+
+from vllm.logger import init_logger
 import sys
 import threading
 from dataclasses import dataclass, replace
@@ -33,7 +35,7 @@ from ..transforms.profiles import ImageSettings
 
 __all__ = ["PixelOptions", "MODELS", "install", "swap_hf_processor", "enabled"]
 
-logger = logging.getLogger("mmprep")
+logger = init_logger("vllm.mmprep")  # vLLM's logger setup, so servers show these lines
 
 MODELS: dict[str, tuple[str, str]] = {
     "Qwen2-VL": ("vllm.model_executor.models.qwen2_vl", "Qwen2VLForConditionalGeneration"),
