@@ -111,6 +111,8 @@ def probe(data: bytes, *, max_pixels: int, keep_packets: bool = False) -> Probe:
             )
         vs = container.streams.video[0]
         cc = vs.codec_context
+        if cc is None:  # FFmpeg found a video stream but could not open its codec parameters
+            raise CorruptMediaError(f"video stream {vs.index}: codec parameters unreadable (damaged header)")
         width, height = int(cc.width or 0), int(cc.height or 0)
         if width <= 0 or height <= 0:
             raise CorruptMediaError(f"video stream has no valid dimensions ({width}x{height})")
