@@ -1,17 +1,20 @@
 """A small custom server: mmprep decodes and preprocesses media, vLLM's AsyncLLM generates.
 
-    pip install "mmprep[vllm]" fastapi uvicorn
+    pip install -e ".[vllm]" fastapi uvicorn        # from the mmprep checkout
     python3 examples/custom_server.py --model Qwen/Qwen2.5-VL-3B-Instruct
     curl -F video=@clip.mp4 -F prompt="What happens here?" localhost:8000/describe
 
-The video is decoded on NVDEC and turned into Qwen2-VL pixel values on the GPU by mmprep; the
-request carries the frames and vLLM's metadata, so vLLM's own processor only counts tokens.
+The video is decoded on NVDEC by mmprep; the request carries the GPU frames and vLLM's metadata.
+vLLM's processor keeps its prompt and placeholder logic while mmprep's processor hook
+(``MMPREP_PROCESSOR=on``, set below) turns the frames into Qwen2/2.5-VL pixel values on the same GPU.
+Without a GPU, frames are decoded on the CPU and the hook runs its torch path.
 Bad media answers 400 (mmprep.MediaError), never a crashed server.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 
 import mmprep
 
@@ -19,6 +22,7 @@ PROMPT = "<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>{q}<|im_e
 
 
 def build_app(model: str, device: str):
+    os.environ.setdefault("MMPREP_PROCESSOR", "on")  # read when vLLM loads the mmprep plugin
     from fastapi import FastAPI, File, Form, HTTPException, UploadFile
     from vllm import SamplingParams
     from vllm.engine.arg_utils import AsyncEngineArgs
@@ -35,8 +39,9 @@ def build_app(model: str, device: str):
             clip = mmprep.decode_video(data, num_frames=16, device=device)
         except mmprep.MediaError as e:
             raise HTTPException(status_code=400, detail=str(e)) from e
-        frames = clip.frames.cpu().numpy()  # vLLM's processor runs on the CPU in a default deployment
-        request = {"prompt": PROMPT.format(q=prompt), "multi_modal_data": {"video": [(frames, clip.vllm_metadata())]}}
+        # GPU frames straight to vLLM's processor: the hook resizes/normalizes/patchifies them on that GPU.
+        request = {"prompt": PROMPT.format(q=prompt),
+                   "multi_modal_data": {"video": [(clip.frames, clip.vllm_metadata())]}}
         text = ""
         async for out in engine.generate(request, SamplingParams(max_tokens=128), request_id=str(next(counter))):
             text = out.outputs[0].text

@@ -3,8 +3,10 @@
     python examples/decode_and_preprocess.py [--codec h264] [--frames 16] [--size 1280x720]
 
 Encodes a synthetic clip with PyAV (each frame carries its index), decodes 16 uniformly sampled
-frames with ``mmprep.decode_video(device="auto")``, checks they are the right frames, then
-resizes to a 28-multiple and normalizes with CLIP mean/std on the same device.
+frames with ``mmprep.decode_video(device="auto")``, checks they are the right frames, then turns them
+into Qwen2-VL's ``pixel_values_videos`` / ``video_grid_thw`` with ``mmprep.preprocess`` on the same
+device (the fused kernel on a GPU). Where transformers is installed, it compares with HF's
+``Qwen2VLVideoProcessor`` on the same frames and device.
 """
 
 from __future__ import annotations
@@ -14,25 +16,21 @@ import logging
 import time
 
 import torch
-import torch.nn.functional as F
 
 import mmprep
 from mmprep.testing import make_video, read_index
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
-
-def preprocess(frames: torch.Tensor, *, factor: int = 28, max_side: int = 448) -> torch.Tensor:
-    """(T,H,W,3) uint8 -> (T,3,h,w) float32: bicubic resize to multiples of ``factor``, rescale, normalize."""
-    t, h, w, _ = frames.shape
-    scale = min(1.0, max_side / max(h, w))
-    nh, nw = max(factor, round(h * scale / factor) * factor), max(factor, round(w * scale / factor) * factor)
-    x = frames.permute(0, 3, 1, 2).float()
-    x = F.interpolate(x, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)
-    mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1) * 255
-    return (x - mean) / std
+def compare_with_hf(frames: torch.Tensor, pixels: torch.Tensor) -> str:
+    """Max abs difference to HF's Qwen2VLVideoProcessor on the same frames and device, if installed."""
+    try:
+        from transformers import Qwen2VLVideoProcessor
+    except ImportError:
+        return "transformers not installed: HF comparison skipped"
+    hf = Qwen2VLVideoProcessor()
+    ref = hf(videos=[frames.permute(0, 3, 1, 2)], return_tensors="pt", device=str(frames.device),
+             do_sample_frames=False, cap_pixels_per_frame=False)["pixel_values_videos"]
+    return f"max abs difference to HF Qwen2VLVideoProcessor: {(ref.to(pixels.device) - pixels).abs().max().item():.3g}"
 
 
 def main() -> None:
@@ -52,7 +50,8 @@ def main() -> None:
     if video.frames.is_cuda:
         torch.cuda.synchronize()
     t2 = time.perf_counter()
-    pixels = preprocess(video.frames)
+    out = mmprep.preprocess(videos=[video], profile="qwen2_vl", device=video.frames.device)
+    pixels = out["pixel_values_videos"]
     if pixels.is_cuda:
         torch.cuda.synchronize()
     t3 = time.perf_counter()
@@ -62,8 +61,9 @@ def main() -> None:
     print(f"clip: {args.codec} {width}x{height}, {len(data) / 1e6:.2f} MB, encoded in {t1 - t0:.2f}s")
     print(f"decoded: {video}")
     print(f"  frames verified by their embedded index: {got}")
-    print(f"preprocessed: {tuple(pixels.shape)} {pixels.dtype} on {pixels.device}, "
-          f"mean {pixels.mean().item():+.3f}, std {pixels.std().item():.3f}")
+    print(f"preprocessed (Qwen2-VL): pixel_values_videos {tuple(pixels.shape)} {pixels.dtype} on {pixels.device}, "
+          f"video_grid_thw {out['video_grid_thw'].tolist()}")
+    print(f"  {compare_with_hf(video.frames, pixels)}")
     print(f"time: decode {1000 * (t2 - t1):.1f} ms ({video.backend}), preprocess {1000 * (t3 - t2):.1f} ms")
 
 

@@ -14,6 +14,7 @@ from .errors import (
     TooManyFramesError,
     UnsupportedCodecError,
 )
+from . import ipc
 from .image import decode_images
 from .sampling import sample_indices
 from .transforms import preprocess
@@ -26,6 +27,7 @@ __all__ = [
     "Video",
     "decode_images",
     "preprocess",
+    "ipc",
     "sample_indices",
     "MediaError",
     "EmptyMediaError",
