@@ -10,6 +10,7 @@ from .errors import (
     EmptyMediaError,
     MediaError,
     MediaTooLargeError,
+    MediaTooSmallError,
     NoVideoStreamError,
     TooManyFramesError,
     UnsupportedCodecError,
@@ -35,5 +36,6 @@ __all__ = [
     "NoVideoStreamError",
     "UnsupportedCodecError",
     "MediaTooLargeError",
+    "MediaTooSmallError",
     "TooManyFramesError",
 ]

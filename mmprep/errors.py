@@ -37,5 +37,9 @@ class MediaTooLargeError(MediaError):
     """Dimensions, pixel count or byte size are over the configured limits."""
 
 
+class MediaTooSmallError(MediaError):
+    """A side is under the configured minimum (``MMPREP_MIN_IMAGE_SIDE``): nothing a model can use."""
+
+
 class TooManyFramesError(MediaError):
     """More frames would be returned than ``max_frames`` allows."""

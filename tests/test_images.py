@@ -98,3 +98,11 @@ def test_fast_jpeg_header_agrees_with_pil():
         assert fast is not None, name
         assert (fast.width, fast.height, fast.mode) == (img.width, img.height, img.mode), name
         assert fast.orientation == (img.getexif().get(0x0112) or 1), name
+
+
+def test_pixel_limit_is_mmprep_own_check():
+    """A 4000x4000 header is far under PIL's bomb limit: only mmprep's max_pixels can refuse it."""
+    from .images import png_header_only
+
+    with pytest.raises(mmprep.MediaTooLargeError, match="max_pixels=10000000"):
+        mmprep.decode_images([png_header_only(4000, 4000)], device="cpu", max_pixels=10_000_000)

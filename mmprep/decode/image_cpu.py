@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..errors import CorruptMediaError, MediaTooLargeError, UnsupportedCodecError
+from ..errors import CorruptMediaError, MediaTooLargeError, MediaTooSmallError, UnsupportedCodecError
 
 __all__ = ["ALLOWED_IMAGE_FORMATS", "ImageHeader", "inspect_image", "decode_image_cpu"]
 
@@ -146,7 +146,7 @@ def _check_size(w: int, h: int, max_pixels: int, min_side: int) -> None:
     if w * h > max_pixels:
         raise MediaTooLargeError(f"image is {w}x{h} = {w * h} pixels, over max_pixels={max_pixels}")
     if min(w, h) < min_side:
-        raise MediaTooLargeError(f"image is {w}x{h}: a side under min_side={min_side} pixels holds no usable content")
+        raise MediaTooSmallError(f"image is {w}x{h}: a side under min_side={min_side} pixels holds no usable content")
 
 
 def decode_image_cpu(data: bytes, *, background: tuple[int, int, int] = (255, 255, 255)) -> torch.Tensor:
@@ -169,7 +169,7 @@ def decode_image_cpu(data: bytes, *, background: tuple[int, int, int] = (255, 25
             else:
                 img = img.convert("RGB")
         arr = np.asarray(img)
-    except MediaTooLargeError:
+    except (MediaTooLargeError, MediaTooSmallError):
         raise
     except Exception as e:  # truncated data, bad huffman tables, ...
         raise CorruptMediaError(f"{img.format or 'image'} decode failed ({type(e).__name__}: {e})") from e
