@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 
 from .bitstream import DisposableScanner
+from .orientation import display_rotation
 from .errors import CorruptMediaError, MediaTooLargeError, NoVideoStreamError
 
 __all__ = ["StreamInfo", "Probe", "probe"]
@@ -41,6 +42,8 @@ class StreamInfo:
     matrix: str
     """YUV->RGB matrix: ``"bt601"``, ``"bt709"`` or ``"bt2020"`` (untagged streams: bt601, as FFmpeg)."""
     full_range: bool
+    rotation: int = 0
+    """Display rotation, counter-clockwise degrees (0, 90, 180, -90), from the container (MP4/MOV)."""
 
     @property
     def duration(self) -> float:
@@ -180,6 +183,7 @@ def probe(data: bytes, *, max_pixels: int, keep_packets: bool = False) -> Probe:
             chroma=chroma,
             matrix=_MATRIX_BY_AVCOL_SPC.get(int(cc.colorspace or 2), "bt601"),
             full_range=int(cc.color_range or 0) == _AVCOL_RANGE_JPEG or pix_fmt.startswith("yuvj"),
+            rotation=display_rotation(data, container.format.name),
         )
         return Probe(
             stream=info,

@@ -64,8 +64,12 @@ def make_video(
     pix_fmt: str = "yuv420p",
     container: str | None = None,
     preset: str | None = None,
+    rotation: int = 0,
+    hflip: bool = False,
 ) -> bytes:
-    """Encode ``frames`` synthetic frames with ``codec`` and return the container bytes."""
+    """Encode ``frames`` synthetic frames with ``codec`` and return the container bytes.
+
+    ``rotation`` (counter-clockwise degrees) and ``hflip`` write a display matrix, as phones do."""
     import av
 
     try:
@@ -78,6 +82,8 @@ def make_video(
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
         if bitrate:
             stream.bit_rate = bitrate
+        if rotation or hflip:
+            stream.set_display_rotation(rotation, hflip=hflip)
         opts: dict[str, str] = {}
         if codec == "h264":
             opts = {"g": str(gop), "bf": str(bframes), "preset": preset or "veryfast", "sc_threshold": "0"}

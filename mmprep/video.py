@@ -12,6 +12,7 @@ from . import memory
 from .config import settings
 from .decode import decode_cpu, decode_nvdec, nvdec_available
 from .errors import TooManyFramesError, UnsupportedCodecError
+from .orientation import apply_rotation as orient
 from .probe import StreamInfo, probe
 from .sampling import plan_decode, sample_indices
 from .source import Source, read_source
@@ -39,10 +40,14 @@ class Video:
     """Seconds: total_frames / fps, as vLLM computes it."""
     total_frames: int
     width: int
+    """Displayed width (after the display rotation, when applied)."""
     height: int
+    """Displayed height (after the display rotation, when applied)."""
     codec: str
     backend: str
     """``"nvdec"`` or ``"cpu"``: which decoder produced the frames."""
+    rotation: int = 0
+    """Display rotation the container asks for, counter-clockwise degrees as stored (0, 90, 180, -90)."""
 
     def __post_init__(self) -> None:
         f = self.frames
@@ -100,6 +105,7 @@ def decode_video(
     device: str | torch.device = "auto",
     max_pixels: int | None = None,
     max_frames: int | None = None,
+    apply_rotation: bool = True,
 ) -> Video:
     """Decode the frames of ``source`` that vLLM's uniform sampler would pick.
 
@@ -108,8 +114,9 @@ def decode_video(
     ``indices`` picks display-order frames explicitly instead (any order, repeats allowed), or is
     a function of the probed ``StreamInfo`` returning them (how vLLM's model-specific samplers plug in).
     ``device="auto"`` uses NVDEC when CUDA, PyNvVideoCodec and the stream allow, else PyAV on
-    the CPU; ``"cuda"``/``"cuda:N"`` insists on NVDEC; ``"cpu"`` on PyAV. Bad media raises
-    ``mmprep.MediaError``.
+    the CPU; ``"cuda"``/``"cuda:N"`` insists on NVDEC; ``"cpu"`` on PyAV. Frames are turned by the
+    container's display rotation on their device, as OpenCV shows them (``apply_rotation=False``:
+    stored pixels). Bad media raises ``mmprep.MediaError``.
     """
     kind, gpu = resolve_device(device)
     cfg = settings()
@@ -134,6 +141,7 @@ def decode_video(
             f"{len(indices)} frames would be returned, over max_frames={max_frames}; pass num_frames or fps"
         )
     plan = plan_decode(info, indices)
+    turn = st.rotation if apply_rotation else 0
 
     if kind == "cuda" and not nvdec_available():
         raise RuntimeError(
@@ -144,7 +152,7 @@ def decode_video(
         try:  # decode_nvdec checks NVDEC's support first and raises UnsupportedCodecError
             lease = memory.acquire(len(indices) * st.width * st.height * 3)
             try:
-                frames, backend = decode_nvdec(data, info, plan, len(indices), gpu=gpu), "nvdec"
+                frames, backend = orient(decode_nvdec(data, info, plan, len(indices), gpu=gpu), turn), "nvdec"
             except BaseException:
                 if lease is not None:
                     lease.release()
@@ -155,7 +163,7 @@ def decode_video(
                 raise
             logger.debug("decode_video: CPU fallback: %s", e)
     if frames is None:
-        frames = decode_cpu(data, info, plan, len(indices), threads=cfg.cpu_threads)
+        frames = orient(decode_cpu(data, info, plan, len(indices), threads=cfg.cpu_threads), turn)
     logger.debug(
         "decode_video: %s %dx%d, %d of %d frames, decoded %d packets on %s",
         st.codec, st.width, st.height, len(indices), st.num_frames, len(plan.feed), backend,
@@ -168,8 +176,9 @@ def decode_video(
         fps=st.fps,
         duration=st.duration,
         total_frames=st.num_frames,
-        width=st.width,
-        height=st.height,
+        width=int(frames.shape[2]),
+        height=int(frames.shape[1]),
         codec=st.codec,
         backend=backend,
+        rotation=st.rotation,
     )
