@@ -34,7 +34,7 @@ class StreamInfo:
     """Average frame rate; 0.0 when the container gives none."""
     time_base: Fraction
     num_frames: int
-    """Frames in the stream, counted from its packets."""
+    """Presentable frames, counted from the packets (those an edit list cuts away excluded)."""
     pix_fmt: str
     bit_depth: int
     chroma: str
@@ -60,7 +60,8 @@ class Probe:
     keyframe: list[bool]
     disposable: list[bool]
     display_index: list[int]
-    """Display-order frame index of each packet's picture."""
+    """Display-order frame index of each packet's picture; -1 for a packet an edit list cuts away
+    (decoded when a shown frame depends on it, never shown)."""
     by_pts: bool
     """True when ``display_index`` comes from unique timestamps; else decode order is assumed."""
     packets: list = field(default_factory=list, repr=False)
@@ -68,9 +69,10 @@ class Probe:
 
     def packet_of_frame(self) -> list[int]:
         """Inverse of ``display_index``: the packet ordinal holding each display frame."""
-        inv = [0] * len(self.display_index)
+        inv = [0] * self.stream.num_frames
         for p, d in enumerate(self.display_index):
-            inv[d] = p
+            if d >= 0:
+                inv[d] = p
         return inv
 
     def timestamp(self, packet: int) -> float:
@@ -132,6 +134,7 @@ def probe(data: bytes, *, max_pixels: int, keep_packets: bool = False) -> Probe:
         scanner = DisposableScanner(codec, bytes(cc.extradata) if cc.extradata else None)
         pts: list[int | None] = []
         key: list[bool] = []
+        cut: list[bool] = []  # packets the container's edit list excludes from presentation
         kept = []
         try:
             for pkt in container.demux(vs):
@@ -144,6 +147,7 @@ def probe(data: bytes, *, max_pixels: int, keep_packets: bool = False) -> Probe:
                     )
                 pts.append(pkt.pts)
                 key.append(bool(pkt.is_keyframe))
+                cut.append(bool(pkt.is_discard))
                 scanner.add(bytes(pkt))
                 if keep_packets:
                     kept.append(pkt)
@@ -162,14 +166,18 @@ def probe(data: bytes, *, max_pixels: int, keep_packets: bool = False) -> Probe:
             )
         rate = vs.average_rate or vs.guessed_rate
         fps = float(rate) if rate else 0.0
+        shown = [i for i in range(len(pts)) if not cut[i]]
+        if not shown:
+            raise CorruptMediaError(f"the edit list leaves none of the {len(pts)} frames presentable")
         by_pts = all(p is not None for p in pts) and len(set(pts)) == len(pts)
+        display = [-1] * len(pts)
         if by_pts:
-            order = sorted(range(len(pts)), key=lambda i: pts[i])
-            display = [0] * len(pts)
-            for rank, i in enumerate(order):
+            for rank, i in enumerate(sorted(shown, key=lambda i: pts[i])):
                 display[i] = rank
-        else:
+        elif len(shown) == len(pts):
             display = list(range(len(pts)))
+        else:
+            raise CorruptMediaError("an edit list cuts frames from a stream without usable timestamps")
         info = StreamInfo(
             codec=codec,
             container=container.format.name,
@@ -177,7 +185,7 @@ def probe(data: bytes, *, max_pixels: int, keep_packets: bool = False) -> Probe:
             height=height,
             fps=fps,
             time_base=vs.time_base or Fraction(1, 1),
-            num_frames=len(pts),
+            num_frames=len(shown),
             pix_fmt=pix_fmt,
             bit_depth=bit_depth,
             chroma=chroma,
