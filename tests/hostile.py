@@ -49,6 +49,23 @@ def faststart_clip() -> bytes:
     return data
 
 
+def payload_zeroed(data: bytes) -> bytes:
+    """The container intact (so the probe passes), every coded byte zeroed: fails inside the decoder."""
+    import struct
+
+    b = bytearray(data)
+    off = 0
+    while off + 8 <= len(b):
+        size, kind = struct.unpack(">I4s", b[off : off + 8])
+        if kind == b"mdat":
+            b[off + 8 : off + size] = bytes(size - 8)
+            return bytes(b)
+        if size < 8:
+            break
+        off += size
+    raise ValueError("no mdat box")
+
+
 def cases() -> dict[str, tuple[bytes, dict, type]]:
     good = clip("h264", frames=24)
     fast = faststart_clip()
@@ -64,4 +81,5 @@ def cases() -> dict[str, tuple[bytes, dict, type]]:
         "no_video_stream": (audio_only(), {}, mmprep.NoVideoStreamError),
         "over_max_pixels": (good, {"max_pixels": 320 * 240}, mmprep.MediaTooLargeError),
         "over_max_frames": (good, {"max_frames": 5}, mmprep.TooManyFramesError),
+        "payload_zeroed": (payload_zeroed(good), {}, mmprep.CorruptMediaError),  # passes the probe
     }

@@ -50,3 +50,13 @@ def test_200_bad_inputs_in_a_row_then_a_good_one():
             mmprep.decode_video(data, device="cpu", **kwargs)
     good = CASES["over_max_frames"][0]
     assert mmprep.decode_video(good, num_frames=4, device="cpu").frames.shape[0] == 4
+
+
+def test_decoder_stage_error_is_reached_and_is_corrupt_media():
+    """An input the probe accepts fails inside the decoder, and still raises CorruptMediaError."""
+    from mmprep.probe import probe
+
+    data, _, _ = CASES["payload_zeroed"]
+    probe(data, max_pixels=1 << 30)  # the container is fine
+    with pytest.raises(mmprep.CorruptMediaError, match="decode failed|decoder produced"):
+        mmprep.decode_video(data, num_frames=4, device="cpu")

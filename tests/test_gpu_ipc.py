@@ -15,7 +15,6 @@ import mmprep
 from mmprep import ipc
 
 from .conftest import clip, report
-from .hostile import faststart_clip
 
 pytestmark = pytest.mark.gpu
 
@@ -200,9 +199,16 @@ def test_gpu_memory_budget_blocks_and_releases():
         with pytest.raises(mmprep.MediaTooLargeError, match="budget"):
             mmprep.decode_video(data, num_frames=16, device="cuda")
         assert b.available_bytes == b.total_bytes
-        fast = faststart_clip()  # index intact, payload cut: fails after the bytes were acquired
-        with pytest.raises(mmprep.MediaError):
-            mmprep.decode_video(fast[: int(len(fast) * 0.6)], num_frames=8, device="cuda")
+        # The container is intact (the probe passes, the budget is acquired), the payload zeroed: the
+        # failure comes from inside NVDEC, after the acquire.
+        from mmprep.probe import probe
+
+        from .hostile import payload_zeroed
+
+        broken = payload_zeroed(data)
+        probe(broken, max_pixels=1 << 30)
+        with pytest.raises(mmprep.CorruptMediaError):
+            mmprep.decode_video(broken, num_frames=8, device="cuda")
         assert b.available_bytes == b.total_bytes  # released on error
     finally:
         memory.set_budget_source(None)

@@ -28,7 +28,7 @@ def stats(a, b):
 def check(name, ours, theirs, **info):
     s = stats(ours, theirs)
     report(name, **info, **s)
-    assert s["mean"] <= 1e-2 and s["p99"] <= 5e-2, s
+    assert s["max"] == 0.0, s  # the kernels reproduce HF on the GPU operation by operation: exact
     return s
 
 

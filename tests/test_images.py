@@ -5,7 +5,7 @@ import io
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
 import mmprep
 
@@ -13,17 +13,11 @@ from .images import formats, hostile, jpeg_with_orientation
 
 
 def pil_reference(data: bytes, background=(255, 255, 255)) -> np.ndarray:
-    """What vLLM's ImageMediaIO produces: exif_transpose, then RGB with alpha over the background."""
-    img = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
-    if img.mode != "RGB":
-        if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
-            rgba = img.convert("RGBA")
-            canvas = Image.new("RGB", rgba.size, background)
-            canvas.paste(rgba, mask=rgba.split()[3])
-            img = canvas
-        else:
-            img = img.convert("RGB")
-    return np.asarray(img)
+    """What vLLM's own ``ImageMediaIO`` makes of ``data`` (EXIF orientation, RGB, alpha over background)."""
+    media = pytest.importorskip("vllm.multimodal.media", reason="vLLM is not installed")
+    img = media.ImageMediaIO(image_mode="RGB", rgba_background_color=background).load_bytes(data)
+    img = getattr(img, "media", img)  # 0.32 wraps it in MediaWithBytes
+    return np.asarray(img.convert("RGB") if img.mode != "RGB" else img)
 
 
 @pytest.mark.parametrize("name", sorted(formats()))

@@ -32,7 +32,7 @@ def compare(name, ours, theirs, **info):
     d = (ours.float() - theirs.float()).abs()
     stats = {"mean": d.mean().item(), "p99": torch.quantile(d.flatten()[:2_000_000], 0.99).item(), "max": d.max().item()}
     report(name, **info, **stats)
-    assert stats["mean"] <= 1e-2 and stats["p99"] <= 5e-2, stats
+    assert stats["max"] == 0.0, stats  # the torch path runs HF's own ops: bit-exact on the CPU
     return stats
 
 

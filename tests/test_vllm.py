@@ -118,7 +118,7 @@ def test_video_media_io_uses_mmprep(plugin):
     assert isinstance(frames, np.ndarray) and frames.shape == ref_frames.shape and frames.dtype == np.uint8
     diff = np.abs(frames.astype(np.int16) - ref_frames.astype(np.int16))
     report("vllm_loader_vs_opencv", mean=float(diff.mean()), max=int(diff.max()))
-    assert diff.mean() < 1.5
+    assert diff.max() == 0  # same FFmpeg decoder and conversion on the CPU
 
 
 @pytest.mark.parametrize("size", [(320, 240), (226, 130)])
@@ -142,7 +142,7 @@ def test_qwen2_vl_video_matches_opencv_through_real_processor(plugin, model_conf
     d = (a.float() - b.float()).abs()
     report("vllm_processor_video_vs_opencv", size=f"{w}x{h}", mean=float(d.mean()),
            p99=float(d.flatten().quantile(0.99)), max=float(d.max()), tokens=placeholder_counts(out, "video"))
-    assert d.mean() <= 2e-2
+    assert d.max() == 0.0  # same decoded frames, same HF processor on the CPU
 
 
 def test_media_io_kwargs_reach_the_loader(plugin, model_config):
@@ -215,9 +215,8 @@ def test_bad_video_is_a_request_error(plugin, model_config, case):
 
     data = BAD[case] if BAD[case] is not None else clip("h264", width=320, height=240, frames=45)[:3000]
     part = {"type": "video_url", "video_url": {"url": data_url("video/mp4", data)}}
-    with pytest.raises(ValueError) as e:  # vLLM's server turns ValueError into an HTTP 400
+    with pytest.raises(MediaError):  # a ValueError: vLLM's server answers it with HTTP 400
         chat(model_config, part)
-    assert isinstance(e.value, MediaError) or "base64" in str(e.value).lower() or case == "empty"
     # The same process then serves a good request.
     good = data_url("video/mp4", clip("h264", width=320, height=240, frames=45, fps=15, gop=15))
     mm = chat(model_config, {"type": "video_url", "video_url": {"url": good}})
