@@ -17,7 +17,7 @@ import mmprep
 
 from .bench_video_decode import VIDEOS_PER_THREAD, run_threads, sample32
 from .media import clip_path
-from .util import run_rounds
+from .util import kernels_ready, run_rounds
 
 CLIP = "h264_1080p_gop250"
 gpu = pytest.mark.gpu
@@ -89,10 +89,7 @@ PATHS = {"A-opencv+hf-cpu": path_a, "B-nvdec+host+hf-cpu": path_b, "C-nvdec+hf-c
 @pytest.mark.parametrize("threads", [1, 16])
 @pytest.mark.parametrize("path", [pytest.param(p, marks=[] if p.startswith("A") else gpu) for p in PATHS])
 def bench_bytes_to_qwen2_vl(benchmark, path, threads):
-    if torch.cuda.is_available():
-        from mmprep.kernels import fused
-
-        fused(wait=True)
+    kernels_ready()
     data = clip_path(CLIP).read_bytes()
     fn = PATHS[path]()
     benchmark.group = f"end to end: 10 s 1080p H.264 -> qwen2_vl pixel_values_videos, threads={threads}"

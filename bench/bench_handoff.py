@@ -2,8 +2,10 @@
 
 Paths, side by side, each a full round trip (producer hands over, consumer has the tensor on its
 GPU, touches it and says so; reclaiming the producer's memory happens in the background): mmprep.ipc (CUDA IPC, lease), torch.multiprocessing's queue (CUDA IPC by refcount, what
-vLLM's ``--mm-tensor-ipc torch_shm`` uses), and serialize-to-host-and-back (device->host into
-shared memory, host->device in the consumer: the floor of any byte-serializing transport).
+vLLM's ``--mm-tensor-ipc torch_shm`` uses), and two trips through host memory: ``host-shm-pageable`` (device->host into pageable shared
+memory, host->device in the consumer) and ``host-pinned-copies`` (a device->host and a host->device
+copy of the same bytes through pinned memory, in one process: the floor any transport that carries
+bytes through the host pays, without the second process's costs).
 """
 
 from __future__ import annotations
@@ -58,12 +60,14 @@ def consumer():
     p.join(10)
 
 
-@pytest.mark.parametrize("path", ["mmprep-ipc", "torch-mp-queue", "host-roundtrip"])
+@pytest.mark.parametrize("path", ["mmprep-ipc", "torch-mp-queue", "host-shm-pageable", "host-pinned-copies"])
 def bench_handoff_46080x1176_bf16(benchmark, consumer, path):
     from mmprep import ipc
 
     conn, queue, host = consumer
     src = torch.randn(SHAPE, device="cuda").to(torch.bfloat16)
+    pinned = torch.empty(SHAPE, dtype=torch.bfloat16, pin_memory=True) if path == "host-pinned-copies" else None
+    back = torch.empty_like(src) if pinned is not None else None
 
     def once():
         if path == "mmprep-ipc":
@@ -75,10 +79,14 @@ def bench_handoff_46080x1176_bf16(benchmark, consumer, path):
             conn.send("torch_queue")
             queue.put(src)
             assert conn.recv()
-        else:
+        elif path == "host-shm-pageable":
             host.copy_(src)  # device -> host (the serialize side)
             conn.send("host")
             assert conn.recv()
+        else:
+            pinned.copy_(src, non_blocking=True)
+            back.copy_(pinned, non_blocking=True)
+            torch.cuda.synchronize()
 
     benchmark.group = "hand-off 46080x1176 bf16 to another process"
     run_rounds(benchmark, once, 1, rounds=20, path=path, mb=src.numel() * 2 / 2**20)

@@ -15,7 +15,7 @@ import torch
 import mmprep
 from mmprep.testing import synthetic_frame
 
-from .util import run_rounds
+from .util import kernels_ready, run_rounds
 
 gpu = pytest.mark.gpu
 
@@ -30,10 +30,7 @@ def _jpeg_1080p(i: int) -> bytes:
 
 @pytest.fixture(scope="module")
 def jpegs() -> list[bytes]:
-    if torch.cuda.is_available():
-        from mmprep.kernels import fused
-
-        fused(wait=True)
+    kernels_ready()
     return [_jpeg_1080p(i) for i in range(64)]
 
 
@@ -123,10 +120,7 @@ def bench_video_transform_32x1080p(benchmark, frames_1080p, path):
     benchmark.group = "video transform: 32 x 1080p frames -> qwen2_vl pixel_values_videos"
     proc = Qwen2VLVideoProcessor()
     if path.startswith("mmprep") or path == "hf-cuda":
-        if torch.cuda.is_available():
-            from mmprep.kernels import fused
-
-            fused(wait=True)
+        kernels_ready()
         frames = frames_1080p.cuda()
     else:
         frames = frames_1080p

@@ -18,7 +18,7 @@ import torch
 import mmprep
 
 from .media import clip_path
-from .util import run_rounds
+from .util import kernels_ready, run_rounds
 
 VIDEOS_PER_THREAD = int(os.environ.get("MMPREP_BENCH_VIDEOS_PER_THREAD", "2"))
 CLIP = "h264_1080p_gop250"  # the main clip: every path, every thread count
@@ -108,7 +108,9 @@ def pyav_naive(num_frames):
 
 
 def opencv_vllm_style(num_frames, clip=CLIP):
-    """vLLM's default ``opencv`` loader: grab() every frame, retrieve() the sampled ones."""
+    """OpenCV the way vLLM's loader drives it (grab() every frame, retrieve() the sampled ones), from a
+    cached file and without the BGR->RGB conversion and stacking: the decoder alone. ``vllm-opencv`` is
+    vLLM's loader itself, from bytes."""
     import cv2
 
     path = str(clip_path(clip))
@@ -153,7 +155,8 @@ def vllm_loader(name: str, num_frames):
 
         register()
     loader = VIDEO_LOADER_REGISTRY.load(name)
-    kw = {"device": "cuda"} if name.startswith("mmprep") else {}
+    # Like for like with vLLM's pynvvideocodec loader, which copies frames to the host.
+    kw = {"device": "cuda", "frames_on": "host"} if name.startswith("mmprep") else {}
     return lambda data: len(loader.load_bytes(data, num_frames=num_frames or -1, **kw)[0])
 
 
@@ -182,31 +185,24 @@ def raw_nvdec_loop():
 
 
 @pytest.fixture(scope="module")
-def kernels_ready() -> None:
-    if torch.cuda.is_available():
-        from mmprep.kernels import fused
-
-        # Measure the steady state, not the one-time kernel build; and never the torch fallback by accident.
-        from mmprep.config import settings
-
-        ok = fused(wait=True) is not None or not settings().kernels
-        assert ok, "the fused kernels did not build; set MMPREP_KERNELS=0 to bench without them"
+def kernels_built() -> None:
+    kernels_ready()
 
 
-GPU_PATHS = ["mmprep-nvdec", "raw-nvdec-loop", "vllm-pynvvideocodec", "vllm-mmprep"]
-CPU_PATHS = ["mmprep-cpu", "pyav", "opencv", "torchcodec-cpu", "vllm-opencv"]
-MAIN_CPU = ["mmprep-cpu", "pyav", "opencv", "torchcodec-cpu"]
+GPU_PATHS = ["mmprep-nvdec", "nvdec-reference-loop", "vllm-pynvvideocodec", "vllm-mmprep"]
+CPU_PATHS = ["mmprep-cpu", "pyav", "opencv-decoder-only", "torchcodec-cpu", "vllm-opencv"]
+MAIN_CPU = ["mmprep-cpu", "pyav", "opencv-decoder-only", "torchcodec-cpu"]
 # (clip, path, frames, threads). Main clip: GPU paths at 1 / engines / 16 threads, CPU paths at 1 and
 # 16 threads for sample-32 and at 1 thread for whole-stream decode (16 x 300 1080p frames is minutes
 # of CPU). Other clips: mmprep / raw NVDEC / OpenCV at 1 and 16 threads, sample-32 and all.
 CASES = (
     [(CLIP, p, "sample32", t) for p in ["mmprep-nvdec"] + MAIN_CPU for t in (THREADS if p in GPU_PATHS else [1, 16])]
     + [(CLIP, p, "sample32", t) for p in ["vllm-opencv", "vllm-pynvvideocodec", "vllm-mmprep"] for t in (1, 16)]
-    + [(CLIP, p, "all", t) for p in ["mmprep-nvdec", "raw-nvdec-loop"] for t in THREADS]
+    + [(CLIP, p, "all", t) for p in ["mmprep-nvdec", "nvdec-reference-loop"] for t in THREADS]
     + [(CLIP, p, "all", 1) for p in MAIN_CPU]
-    + [(c, p, f, t) for c in OTHER_CLIPS for p in ["mmprep-nvdec", "opencv"] for f in ("sample32", "all")
+    + [(c, p, f, t) for c in OTHER_CLIPS for p in ["mmprep-nvdec", "opencv-decoder-only"] for f in ("sample32", "all")
        for t in ((1, 16) if p in GPU_PATHS or f == "sample32" else (1,))]
-    + [(c, "raw-nvdec-loop", "all", t) for c in OTHER_CLIPS for t in (1, 16)]
+    + [(c, "nvdec-reference-loop", "all", t) for c in OTHER_CLIPS for t in (1, 16)]
 )
 
 
@@ -226,7 +222,7 @@ def _needs(path: str) -> None:
     [pytest.param(*c, marks=[pytest.mark.gpu] if c[1] in GPU_PATHS else [], id=f"{c[0]}-{c[1]}-{c[2]}-t{c[3]}")
      for c in CASES],
 )
-def bench_video_decode(benchmark, kernels_ready, clip, path, frames, threads):
+def bench_video_decode(benchmark, kernels_built, clip, path, frames, threads):
     if threads > 1 and path in CPU_PATHS and (os.cpu_count() or 1) < 4:
         pytest.skip(f"{threads} CPU threads on a {os.cpu_count()}-core machine measure nothing useful")
     _needs(path)
@@ -235,12 +231,12 @@ def bench_video_decode(benchmark, kernels_ready, clip, path, frames, threads):
         "mmprep-nvdec": mmprep_nvdec,
         "mmprep-cpu": mmprep_cpu,
         "pyav": pyav_naive,
-        "opencv": lambda n: opencv_vllm_style(n, clip),
+        "opencv-decoder-only": lambda n: opencv_vllm_style(n, clip),
         "torchcodec-cpu": torchcodec_cpu,
         "vllm-opencv": lambda n: vllm_loader("opencv", n),
         "vllm-pynvvideocodec": lambda n: vllm_loader("pynvvideocodec", n),
         "vllm-mmprep": lambda n: vllm_loader("mmprep", n),
-        "raw-nvdec-loop": lambda _: raw_nvdec_loop(),
+        "nvdec-reference-loop": lambda _: raw_nvdec_loop(),
     }[path]
     benchmark.group = f"decode {clip} {frames} threads={threads}"
     measure(benchmark, make(num), clip_path(clip).read_bytes(), threads, path=path, clip=clip, frames=frames)

@@ -7,7 +7,17 @@ import time
 import torch
 
 
-def run_rounds(benchmark, round_fn, items: int, rounds: int = 3, **info) -> None:
+def kernels_ready() -> None:
+    """Build the fused kernels before timing; refuse to time the torch fallback under the kernel's name."""
+    if torch.cuda.is_available():
+        from mmprep.config import settings
+        from mmprep.kernels import fused
+
+        ok = fused(wait=True) is not None or not settings().kernels
+        assert ok, "the fused kernels did not build; set MMPREP_KERNELS=0 to bench without them"
+
+
+def run_rounds(benchmark, round_fn, items: int, rounds: int = 5, **info) -> None:
     """Time ``round_fn`` (which makes ``items`` results), syncing CUDA; record items/s and CPU-ms/item."""
     cpu = [0.0]
 
@@ -27,5 +37,7 @@ def run_rounds(benchmark, round_fn, items: int, rounds: int = 3, **info) -> None
             torch.cuda.synchronize()
         n += 1
     benchmark.pedantic(timed, rounds=rounds, iterations=1)
-    secs = benchmark.stats.stats.mean
-    benchmark.extra_info.update(items=items, items_per_s=items / secs, cpu_ms_per_item=1000 * cpu[0] / rounds / items, **info)
+    st = benchmark.stats.stats
+    benchmark.extra_info.update(items=items, items_per_s=items / st.mean, cpu_ms_per_item=1000 * cpu[0] / rounds / items,
+                                rounds=rounds, round_ms_min_median_max=[1000 * st.min, 1000 * st.median, 1000 * st.max],
+                                **info)
