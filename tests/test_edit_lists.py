@@ -45,7 +45,7 @@ def remux(src: bytes, *, start: float, stop: float, shift: float, fmt: str = "mp
 
 def cases() -> dict[str, bytes]:
     h264 = clip("h264", width=160, height=96, frames=120, fps=30, gop=30, bframes=2)
-    hevc = clip("hevc", width=160, height=96, frames=120, fps=30, gop=30, bframes=3)
+    hevc = clip("hevc", width=256, height=144, frames=120, fps=30, gop=30, bframes=3)  # NVDEC's HEVC minimum: 144
     return {
         "h264_trim_bframes": remux(h264, start=1.3, stop=3.3, shift=1.3),
         "hevc_trim_bframes": remux(hevc, start=1.55, stop=3.0, shift=1.55),

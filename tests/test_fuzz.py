@@ -26,9 +26,10 @@ def seeds() -> dict[str, tuple[str, bytes]]:
     from PIL import Image
 
     return {
-        "h264_mp4": ("video", clip("h264", width=160, height=96, frames=16, fps=8, gop=8)),
-        "hevc_mp4": ("video", clip("hevc", width=160, height=96, frames=16, fps=8, gop=8)),
-        "vp9_webm": ("video", clip("vp9", width=160, height=96, frames=16, fps=8, gop=8)),
+        # 256x144: small, yet inside NVDEC's size limits for every codec (HEVC needs 144 rows)
+        "h264_mp4": ("video", clip("h264", width=256, height=144, frames=16, fps=8, gop=8)),
+        "hevc_mp4": ("video", clip("hevc", width=256, height=144, frames=16, fps=8, gop=8)),
+        "vp9_webm": ("video", clip("vp9", width=256, height=144, frames=16, fps=8, gop=8)),
         "jpeg": ("image", jpeg(96, 128)),
         "png": ("image", encode(Image.fromarray(pattern()), "PNG")),
     }
@@ -87,7 +88,7 @@ def test_damaged_media_raise_only_media_errors(name):
             pytest.fail(f"mutation {i} ({kind}, {len(bad)} bytes) of {name} raised {type(e).__name__}: {e}")
     report("fuzz", seed=name, device=DEVICE, n=N, **outcomes)
     assert sum(outcomes.values()) == N
-    assert _gpu_mem() == mem0
+    assert _gpu_mem() <= mem0  # nothing left behind (it may drop: the seed's last buffers are freed)
     if DEVICE != "cpu" and modality == "video":
         from mmprep.decode.video_nvdec import get_pool
 

@@ -14,7 +14,7 @@ from .conftest import report
 
 CLIPS = {  # name -> make_video kwargs
     "h264_mp4": dict(codec="h264", width=160, height=96, frames=12, fps=12, gop=6),
-    "hevc10_mov": dict(codec="hevc", width=160, height=96, frames=12, fps=12, gop=6, pix_fmt="yuv420p10le",
+    "hevc10_mov": dict(codec="hevc", width=256, height=144, frames=12, fps=12, gop=6, pix_fmt="yuv420p10le",
                        container="mov"),
 }
 TURNS = [(0, False), (90, False), (180, False), (-90, False), (90, True), (0, True)]
