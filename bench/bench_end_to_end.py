@@ -11,7 +11,6 @@ many-GPU host the CPU is what runs out.
 from __future__ import annotations
 
 import pytest
-import torch
 
 import mmprep
 

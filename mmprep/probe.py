@@ -7,7 +7,7 @@ fps, per-packet timestamps, keyframes and which packets are safe to skip.
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 
 from .bitstream import DisposableScanner
@@ -64,8 +64,6 @@ class Probe:
     (decoded when a shown frame depends on it, never shown)."""
     by_pts: bool
     """True when ``display_index`` comes from unique timestamps; else decode order is assumed."""
-    packets: list = field(default_factory=list, repr=False)
-    """The PyAV packets themselves when kept (the CPU decoder reuses them)."""
 
     def packet_of_frame(self) -> list[int]:
         """Inverse of ``display_index``: the packet ordinal holding each display frame."""
@@ -100,7 +98,7 @@ def _pixel_layout(pix_fmt: str) -> tuple[int, str]:
     return bits, "444"
 
 
-def probe(data: bytes, *, max_pixels: int, keep_packets: bool = False) -> Probe:
+def probe(data: bytes, *, max_pixels: int) -> Probe:
     """Demux ``data`` once; raise a ``MediaError`` subclass naming the cause when it is bad."""
     import av
 
@@ -135,7 +133,6 @@ def probe(data: bytes, *, max_pixels: int, keep_packets: bool = False) -> Probe:
         pts: list[int | None] = []
         key: list[bool] = []
         cut: list[bool] = []  # packets the container's edit list excludes from presentation
-        kept = []
         try:
             for pkt in container.demux(vs):
                 if pkt.size == 0:
@@ -149,8 +146,6 @@ def probe(data: bytes, *, max_pixels: int, keep_packets: bool = False) -> Probe:
                 key.append(bool(pkt.is_keyframe))
                 cut.append(bool(pkt.is_discard))
                 scanner.add(bytes(pkt))
-                if keep_packets:
-                    kept.append(pkt)
         except CorruptMediaError:
             raise
         except Exception as e:
@@ -200,7 +195,6 @@ def probe(data: bytes, *, max_pixels: int, keep_packets: bool = False) -> Probe:
             disposable=scanner.flags(len(pts)),
             display_index=display,
             by_pts=by_pts,
-            packets=kept,
         )
     finally:
         container.close()

@@ -1,6 +1,5 @@
 """GPU: nvJPEG decode vs PIL, and preprocess (torch path and fused kernel) vs HF processors on cuda."""
 
-import numpy as np
 import pytest
 import torch
 

@@ -37,7 +37,6 @@ class ImageHeader:
     mode: str
     orientation: int
     """EXIF orientation tag, 1 (none) to 8."""
-    has_transparency: bool
 
     @property
     def gpu_decodable(self) -> bool:
@@ -118,7 +117,7 @@ def _jpeg_header(data: bytes) -> ImageHeader | None:
             mode = {1: "L", 3: "RGB"}.get(comps)
             if mode is None or (adobe and comps != 3) or h == 0:
                 return None
-            return ImageHeader("JPEG", w, h, mode, orientation, False)
+            return ImageHeader("JPEG", w, h, mode, orientation)
         elif marker in (0xDA, 0xD9) or 0xC3 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
             return None  # scan before a frame header, or a coding PIL must judge
         i += 2 + size
@@ -138,8 +137,7 @@ def inspect_image(data: bytes, *, max_pixels: int, min_side: int = 2) -> ImageHe
         orientation = int(img.getexif().get(0x0112, 1) or 1)
     except Exception:
         orientation = 1
-    has_alpha = img.mode in ("RGBA", "LA", "PA") or "transparency" in getattr(img, "info", {})
-    return ImageHeader(img.format or "?", w, h, img.mode, orientation if 1 <= orientation <= 8 else 1, has_alpha)
+    return ImageHeader(img.format or "?", w, h, img.mode, orientation if 1 <= orientation <= 8 else 1)
 
 
 def _check_size(w: int, h: int, max_pixels: int, min_side: int) -> None:

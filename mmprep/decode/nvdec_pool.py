@@ -13,7 +13,7 @@ import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 logger = logging.getLogger("mmprep.nvdec")
@@ -48,7 +48,6 @@ class Session:
     max_height: int
     decoder: Any = None
     stream: Any = None
-    uses: int = field(default=0)
     width: int = 0
     """Size of the last stream decoded (0 before the first)."""
     height: int = 0
@@ -146,7 +145,6 @@ class NvdecPool:
                 with self._cond:
                     self.created += 1
                 logger.debug("created NVDEC session %s on GPU %d (%dx%d)", key, g, s.max_width, s.max_height)
-            s.uses += 1
             yield s
             s.width, s.height = width, height
             ok = True
@@ -160,12 +158,3 @@ class NvdecPool:
                         s.decoder = None
                     self._live[g] -= 1
                 self._cond.notify_all()
-
-    def close(self) -> None:
-        """Drop every idle session; sessions in use are kept by their borrowers until returned."""
-        with self._cond:
-            for g, sessions in self._idle.items():
-                for s in sessions:
-                    s.decoder = None
-                self._live[g] -= len(sessions)
-                sessions.clear()

@@ -176,9 +176,6 @@ def _kernel_norm(s: ImageSettings, device: torch.device) -> tuple[torch.Tensor, 
     return _cached(("norm", s.image_mean, s.image_std, s.rescale_factor, s.do_normalize and s.do_rescale, device), make)
 
 
-_NO_TABLE: dict[torch.device, torch.Tensor] = {}
-
-
 def _weights(kern, frames: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, ...]:
     """(wx, xspan, wy, yspan) for resizing ``frames`` to h x w (empty tables when no resize)."""
     dev = frames.device

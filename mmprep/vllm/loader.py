@@ -65,7 +65,10 @@ def make_loader(base: type, sampler: str = "") -> type:
         def load_bytes(cls, data: bytes, num_frames: int = defaults.get("num_frames", -1),
                        fps: float = defaults.get("fps", -1), max_duration: float = defaults.get("max_duration", 300),
                        frame_recovery: bool = False, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
-            """Decode the frames ``base`` would sample; (frames, metadata) as vLLM's loaders return."""
+            """Decode the frames ``base`` would sample; (frames, metadata) as vLLM's loaders return.
+
+            ``frame_recovery`` is part of vLLM's signature; mmprep never drops a frame silently (a
+            frame that fails to decode raises ``CorruptMediaError``), so there is nothing to recover."""
             device = kwargs.pop("device", "auto")
             frames_on = kwargs.pop("frames_on", "auto")
             if frames_on not in ("auto", "device", "host"):
