@@ -17,7 +17,7 @@ from PIL import Image  # noqa: E402
 
 from mmprep.vllm import processor as hook  # noqa: E402
 
-from .tiny_model import make_tiny_qwen2_vl  # noqa: E402
+from .tiny_model import make_tiny_qwen2_vl, make_tiny_qwen3_vl  # noqa: E402
 
 PROMPT = "<|im_start|>user\n{}Describe<|im_end|>\n"
 VIDEO = "<|vision_start|><|video_pad|><|vision_end|>"
@@ -27,6 +27,11 @@ IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     return make_tiny_qwen2_vl(tmp_path_factory.mktemp("tiny_qwen2_vl_proc"))
+
+
+@pytest.fixture(scope="module")
+def tiny3(tmp_path_factory):
+    return make_tiny_qwen3_vl(tmp_path_factory.mktemp("tiny_qwen3_vl_proc"))
 
 
 def model_config(path, **kw):
@@ -125,6 +130,20 @@ def test_images_and_video_together_equal_vllm_processor(tiny, dtype, device_norm
     chw = torch.from_numpy(frames(1, 97, 61, 8)[0]).permute(2, 0, 1).contiguous()  # what mmprep's connector gives
     data = {"image": [pil, chw, Image.fromarray(frames(1, 56, 56, 9)[0])], "video": [video_item(4, 120, 160, 3)]}
     prompt = PROMPT.format(IMAGE * 3 + VIDEO)
+    assert_same(apply(mine, prompt, data, path="mmprep"), apply(ref, prompt, data))
+
+
+@pytest.mark.parametrize("dtype,device_norm,shape", [("bfloat16", None, (8, 240, 320)), ("float32", False, (5, 130, 226)),
+                                                     ("bfloat16", None, (2, 720, 1280))])
+def test_qwen3_vl_video_and_images_equal_vllm_processor(tiny3, dtype, device_norm, shape):
+    """Qwen3-VL: its processor calls HF per video (timestamps, budget over frames) and for images."""
+    extra = {} if device_norm is None else {"mm_device_do_normalize": device_norm}
+    cfg = model_config(tiny3, dtype=dtype, limit_mm_per_prompt={"image": 2, "video": 2}, **extra)
+    ref, mine = processors(cfg, "cpu")
+    assert type(ref).__name__ == "Qwen3VLMultiModalProcessor"
+    data = {"video": [video_item(*shape, seed=11), video_item(4, 96, 160, seed=12)],
+            "image": [Image.fromarray(frames(1, 200, 333, 13)[0]), Image.fromarray(frames(1, 64, 64, 14)[0])]}
+    prompt = PROMPT.format(IMAGE * 2 + VIDEO * 2)
     assert_same(apply(mine, prompt, data, path="mmprep"), apply(ref, prompt, data))
 
 
