@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 
 from .config import settings
+from .device import parse_device
 from .decode.image_cpu import decode_image_cpu, inspect_image
 from .decode.image_gpu import apply_orientation, complete_jpeg, decode_jpegs_gpu, nvjpeg_available
 from .errors import MediaError
@@ -19,14 +20,10 @@ __all__ = ["decode_images"]
 
 
 def _image_device(device: str | torch.device) -> torch.device:
-    if isinstance(device, str) and device == "auto":
+    kind, index = parse_device(device)
+    if kind == "auto":
         return torch.device("cuda") if nvjpeg_available() else torch.device("cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f'device must be "auto", "cpu", "cuda", "cuda:N" or a torch.device, got {device!r}') from None
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f'device must be "auto", "cpu", "cuda", "cuda:N" or a torch.device, got {device!r}')
+    dev = torch.device(kind, index)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device={device!r} needs CUDA; use device='auto' or 'cpu'")
     return dev

@@ -11,6 +11,7 @@ import torch
 from . import memory
 from .config import settings
 from .decode import decode_cpu, decode_nvdec, nvdec_available
+from .device import parse_device
 from .errors import TooManyFramesError, UnsupportedCodecError
 from .orientation import apply_rotation as orient
 from .probe import StreamInfo, probe
@@ -20,9 +21,6 @@ from .source import Source, read_source
 logger = logging.getLogger("mmprep")
 
 __all__ = ["Video", "decode_video", "resolve_device"]
-
-_DEVICE_CHOICES = '"auto", "cpu", "cuda", "cuda:N" or a torch.device'
-
 
 @dataclass(frozen=True)
 class Video:
@@ -81,19 +79,7 @@ class Video:
 
 def resolve_device(device: str | torch.device) -> tuple[str, int | None]:
     """Normalize ``device`` to ("auto" | "cpu" | "cuda", gpu ordinal or None)."""
-    if isinstance(device, torch.device):
-        return (device.type, device.index) if device.type in ("cpu", "cuda") else _bad_device(device)
-    if not isinstance(device, str):
-        return _bad_device(device)
-    if device in ("auto", "cpu", "cuda"):
-        return device, None
-    if device.startswith("cuda:") and device[5:].isdigit():
-        return "cuda", int(device[5:])
-    return _bad_device(device)
-
-
-def _bad_device(device: object):
-    raise ValueError(f"device must be {_DEVICE_CHOICES}, got {device!r}")
+    return parse_device(device)
 
 
 def decode_video(

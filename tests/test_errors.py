@@ -60,3 +60,15 @@ def test_decoder_stage_error_is_reached_and_is_corrupt_media():
     probe(data, max_pixels=1 << 30)  # the container is fine
     with pytest.raises(mmprep.CorruptMediaError, match="decode failed|decoder produced"):
         mmprep.decode_video(data, num_frames=4, device="cpu")
+
+
+@pytest.mark.parametrize("call", ["video", "images", "preprocess"])
+def test_bad_device_is_one_error_naming_the_choices(call):
+    """One parser behind every public ``device`` argument."""
+    import torch
+
+    fn = {"video": lambda: mmprep.decode_video(b"x" * 100, device="tpu"),
+          "images": lambda: mmprep.decode_images([b"x" * 100], device="tpu"),
+          "preprocess": lambda: mmprep.preprocess(images=[torch.zeros(3, 28, 28, dtype=torch.uint8)], device="tpu")}[call]
+    with pytest.raises(ValueError, match='device must be "auto", "cpu", "cuda", "cuda:N" or a torch.device'):
+        fn()

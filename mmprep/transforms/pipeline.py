@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .. import kernels
+from ..device import parse_device
 from . import functional as Fn
 from .profiles import ImageSettings, get_profile
 
@@ -189,8 +190,9 @@ def _weights(kern, frames: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, 
 
 
 def _resolve_device(device: str | torch.device, items: list[torch.Tensor]) -> torch.device:
-    if device != "auto":
-        return torch.device(device)
+    kind, index = parse_device(device)
+    if kind != "auto":
+        return torch.device(kind, index)
     for t in items:
         if t.is_cuda:
             return t.device
