@@ -9,7 +9,8 @@ import torch
 
 from .config import settings
 from .device import parse_device
-from .decode.image_cpu import decode_image_cpu, inspect_image
+from .decode.image_cpu import decode_image_cpu
+from .image_probe import inspect_image
 from .decode.image_gpu import apply_orientation, complete_jpeg, decode_jpegs_gpu, nvjpeg_available
 from .errors import MediaError
 from .source import Source, read_source

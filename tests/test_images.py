@@ -80,7 +80,7 @@ def test_decoded_images_feed_preprocess():
 
 
 def test_fast_jpeg_header_agrees_with_pil():
-    from mmprep.decode.image_cpu import _jpeg_header
+    from mmprep.image_probe import _jpeg_header
 
     cases = {**{f"o{o}": jpeg_with_orientation(o) for o in range(1, 9)}, **{k: v for k, v in formats().items() if k.startswith("jpeg")}}
     for name, data in cases.items():
