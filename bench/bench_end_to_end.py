@@ -14,9 +14,8 @@ import pytest
 
 import mmprep
 
-from .bench_video_decode import VIDEOS_PER_THREAD, run_threads, sample32
 from .media import clip_path
-from .util import kernels_ready, run_rounds
+from .util import VIDEOS_PER_THREAD, kernels_ready, run_rounds, run_threads, sample32
 
 CLIP = "h264_1080p_gop250"
 gpu = pytest.mark.gpu

@@ -11,16 +11,14 @@ import io
 import os
 import threading
 
-import numpy as np
 import pytest
 import torch
 
 import mmprep
 
 from .media import clip_path
-from .util import kernels_ready, run_rounds
+from .util import VIDEOS_PER_THREAD, kernels_ready, run_rounds, run_threads, sample32
 
-VIDEOS_PER_THREAD = int(os.environ.get("MMPREP_BENCH_VIDEOS_PER_THREAD", "2"))
 CLIP = "h264_1080p_gop250"  # the main clip: every path, every thread count
 OTHER_CLIPS = ["h264_1080p_gop30", "hevc_1080p_gop250"]  # 1 s GOP, HEVC: fewer cases each
 
@@ -36,28 +34,6 @@ def _engines() -> int:
 THREADS = sorted({1, _engines(), 16})
 
 
-def run_threads(fn, data: bytes, threads: int) -> int:
-    """Run ``fn(data)`` VIDEOS_PER_THREAD times on each of ``threads`` threads; return frames made."""
-    counts = [0] * threads
-    errors: list[BaseException] = []
-
-    def work(t: int) -> None:
-        try:
-            for _ in range(VIDEOS_PER_THREAD):
-                counts[t] += fn(data)
-        except BaseException as e:
-            errors.append(e)
-
-    ts = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    if errors:
-        raise errors[0]
-    return sum(counts)
-
-
 def measure(benchmark, fn, data: bytes, threads: int, **info) -> None:
     frames = [0]
 
@@ -69,12 +45,6 @@ def measure(benchmark, fn, data: bytes, threads: int, **info) -> None:
     secs = benchmark.stats.stats.mean
     benchmark.extra_info.update(videos=videos, videos_per_s=videos / secs, frames_per_s=frames[0] / secs)
 
-
-def sample32(total: int) -> list[int]:
-    return np.linspace(0, total - 1, 32, dtype=int).tolist()
-
-
-# ---- decoders under test: each takes bytes and returns how many frames it produced ----
 
 def mmprep_nvdec(num_frames):
     return lambda data: mmprep.decode_video(data, num_frames=num_frames, device="cuda").frames.shape[0]
@@ -164,12 +134,12 @@ def raw_nvdec_loop():
     """The hardware limit: PyNvVideoCodec demux + decode of every frame, native NV12, no copies."""
     import PyNvVideoCodec as nvc
 
-    from mmprep.decode.video_nvdec import _Reader
+    from mmprep.decode.video_nvdec import BytesReader
 
     local = threading.local()
 
     def run(data: bytes) -> int:
-        dm = nvc.CreateDemuxer(_Reader(data))
+        dm = nvc.CreateDemuxer(BytesReader(data))
         if getattr(local, "dec", None) is None:
             local.dec = nvc.CreateDecoder(
                 gpuid=0, codec=dm.GetNvCodecId(), cudacontext=0, cudastream=0, usedevicememory=True,

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 
+import numpy as np
 import torch
+
+VIDEOS_PER_THREAD = int(os.environ.get("MMPREP_BENCH_VIDEOS_PER_THREAD", "2"))
+"""Videos each thread decodes per round in the threaded video benchmarks."""
 
 
 def kernels_ready() -> None:
@@ -41,3 +47,32 @@ def run_rounds(benchmark, round_fn, items: int, rounds: int = 5, **info) -> None
     benchmark.extra_info.update(items=items, items_per_s=items / st.mean, cpu_ms_per_item=1000 * cpu[0] / rounds / items,
                                 rounds=rounds, round_ms_min_median_max=[1000 * st.min, 1000 * st.median, 1000 * st.max],
                                 **info)
+
+
+def run_threads(fn, data: bytes, threads: int) -> int:
+    """Run ``fn(data)`` VIDEOS_PER_THREAD times on each of ``threads`` threads; return frames made."""
+    counts = [0] * threads
+    errors: list[BaseException] = []
+
+    def work(t: int) -> None:
+        try:
+            for _ in range(VIDEOS_PER_THREAD):
+                counts[t] += fn(data)
+        except BaseException as e:
+            errors.append(e)
+
+    ts = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    if errors:
+        raise errors[0]
+    return sum(counts)
+
+
+def sample32(total: int) -> list[int]:
+    return np.linspace(0, total - 1, 32, dtype=int).tolist()
+
+
+# ---- decoders under test: each takes bytes and returns how many frames it produced ----

@@ -9,7 +9,7 @@ import numpy as np
 
 import mmprep
 
-from .conftest import clip
+from .helpers import clip
 
 
 def audio_only() -> bytes:

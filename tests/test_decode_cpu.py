@@ -8,7 +8,7 @@ import torch
 import mmprep
 from mmprep.testing import read_index
 
-from .conftest import clip
+from .helpers import clip
 
 CODECS = ["h264", "hevc", "vp9", "av1"]
 SIZES = [(322, 242), (640, 360)]

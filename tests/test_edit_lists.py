@@ -16,7 +16,7 @@ import torch
 import mmprep
 from mmprep.testing import make_video
 
-from .conftest import clip, report
+from .helpers import clip, report
 
 
 def remux(src: bytes, *, start: float, stop: float, shift: float, fmt: str = "mp4") -> bytes:

@@ -15,7 +15,7 @@ import pytest
 
 import mmprep
 
-from .conftest import clip, report
+from .helpers import clip, report
 from .images import encode, jpeg, pattern
 
 N = int(os.environ.get("MMPREP_FUZZ", "150"))

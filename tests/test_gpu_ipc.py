@@ -14,7 +14,7 @@ import torch
 import mmprep
 from mmprep import ipc
 
-from .conftest import clip, report
+from .helpers import clip, report
 
 pytestmark = pytest.mark.gpu
 

@@ -11,7 +11,7 @@ import mmprep
 from mmprep.decode import get_pool
 from mmprep.testing import read_index
 
-from .conftest import clip, report
+from .helpers import clip, report
 from .hostile import cases
 
 pytestmark = pytest.mark.gpu

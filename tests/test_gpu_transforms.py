@@ -6,10 +6,8 @@ import torch
 import mmprep
 from mmprep.kernels import fused
 
-from .conftest import clip, report
+from .helpers import SIZES, clip, pil_reference, rand_images, report, smooth_video
 from .images import formats, hostile, jpeg, jpeg_with_orientation
-from .test_images import pil_reference
-from .test_transforms import SIZES, rand_images, smooth_video
 
 pytestmark = pytest.mark.gpu
 

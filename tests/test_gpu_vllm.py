@@ -15,7 +15,7 @@ import torch
 
 import mmprep
 
-from .conftest import clip, report
+from .helpers import clip, report
 
 pytestmark = pytest.mark.gpu
 

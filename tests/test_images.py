@@ -9,15 +9,8 @@ from PIL import Image
 
 import mmprep
 
+from .helpers import pil_reference
 from .images import formats, hostile, jpeg_with_orientation
-
-
-def pil_reference(data: bytes, background=(255, 255, 255)) -> np.ndarray:
-    """What vLLM's own ``ImageMediaIO`` makes of ``data`` (EXIF orientation, RGB, alpha over background)."""
-    media = pytest.importorskip("vllm.multimodal.media", reason="vLLM is not installed")
-    img = media.ImageMediaIO(image_mode="RGB", rgba_background_color=background).load_bytes(data)
-    img = getattr(img, "media", img)  # 0.32 wraps it in MediaWithBytes
-    return np.asarray(img.convert("RGB") if img.mode != "RGB" else img)
 
 
 @pytest.mark.parametrize("name", sorted(formats()))

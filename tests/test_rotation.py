@@ -10,7 +10,7 @@ import mmprep
 from mmprep.orientation import display_rotation
 from mmprep.testing import make_video
 
-from .conftest import report
+from .helpers import report
 
 CLIPS = {  # name -> make_video kwargs
     "h264_mp4": dict(codec="h264", width=160, height=96, frames=12, fps=12, gop=6),

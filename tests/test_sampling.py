@@ -4,7 +4,7 @@ import mmprep
 from mmprep.probe import probe
 from mmprep.sampling import plan_decode, sample_indices
 
-from .conftest import clip
+from .helpers import clip
 
 
 def vllm_uniform(total, duration, num_frames, fps):

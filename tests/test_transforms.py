@@ -7,26 +7,11 @@ import torch
 import mmprep
 from mmprep.transforms import functional as Fn
 
-from .conftest import clip, report
+from .helpers import SIZES, clip, rand_images, report, smooth_video
 
 transformers = pytest.importorskip("transformers")
 from transformers import CLIPImageProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor, SiglipImageProcessor  # noqa: E402
 from transformers.models.qwen3_vl import Qwen3VLVideoProcessor  # noqa: E402
-
-SIZES = [(242, 322), (77, 1201), (480, 640), (1080, 1920), (31, 29)]
-
-
-def rand_images(sizes, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g) for h, w in sizes]
-
-
-def smooth_video(t, h, w, seed=0):
-    """Frames with spatial structure (random data makes every rounding tie a coin toss)."""
-    from mmprep.testing import synthetic_frame
-
-    return torch.from_numpy(np.stack([synthetic_frame(seed + i, w, h) for i in range(t)]))
-
 
 def compare(name, ours, theirs, **info):
     d = (ours.float() - theirs.float()).abs()

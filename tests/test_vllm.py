@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from .images import encode, jpeg, pattern
-from .conftest import clip, report
+from .helpers import clip, report
 
 vllm = pytest.importorskip("vllm", reason="vLLM is not installed (pip install mmprep[test])")
 

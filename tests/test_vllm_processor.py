@@ -214,7 +214,7 @@ def test_gpu_video_vs_vllm_cpu_processor_same_tokens(tiny):
     assert torch.equal(kw["video_grid_thw"], ref_kw["video_grid_thw"])
     std = mine.info.get_hf_processor().video_processor.image_std
     diff = (kw["pixel_values_videos"] - ref_kw["pixel_values_videos"]).abs()
-    from .conftest import report
+    from .helpers import report
 
     report("gpu_processor_vs_cpu_processor", max_levels_lower_bound=float((diff * 255 * min(std)).max()),
            share_differing=float((diff > 0).float().mean()), median=float(diff.median()))

@@ -116,7 +116,7 @@ def get_pool() -> NvdecPool:
         return _pool
 
 
-class _Reader:
+class BytesReader:
     """Read callback for PyNvVideoCodec's demuxer: copies the next chunk into its buffer."""
 
     def __init__(self, data: bytes) -> None:
@@ -190,7 +190,7 @@ def _decode(data: bytes, probe: Probe, plan: DecodePlan, count: int, gpu: int | 
     nvc = _nvc()
     info = probe.stream
     try:
-        demuxer = nvc.CreateDemuxer(_Reader(data))
+        demuxer = nvc.CreateDemuxer(BytesReader(data))
         key = (demuxer.GetNvCodecId(), info.bit_depth, info.chroma)
     except Exception as e:
         raise CorruptMediaError(f"NVDEC demuxer rejected the stream ({type(e).__name__}: {e})") from e
