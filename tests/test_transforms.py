@@ -65,8 +65,10 @@ def test_clip_style_profiles_match_hf(profile, proc):
 
 def test_processor_kwargs_are_honoured():
     imgs = rand_images(SIZES[:3], seed=2)
+    # mmprep keeps taking min_pixels/max_pixels; HF is called with the size= form that replaces them (5.23).
     kwargs = {"min_pixels": 200 * 28 * 28, "max_pixels": 400 * 28 * 28, "do_normalize": False}
-    hf = Qwen2VLImageProcessor()(images=imgs, return_tensors="pt", **kwargs)
+    hf = Qwen2VLImageProcessor()(images=imgs, return_tensors="pt", do_normalize=False,
+                                 size={"shortest_edge": kwargs["min_pixels"], "longest_edge": kwargs["max_pixels"]})
     ours = mmprep.preprocess(images=imgs, device="cpu", **kwargs)
     assert torch.equal(ours["image_grid_thw"], hf["image_grid_thw"])
     compare("qwen2_vl_kwargs_cpu", ours["pixel_values"], hf["pixel_values"])
