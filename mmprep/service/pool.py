@@ -1,0 +1,280 @@
+"""``MediaService``: worker processes per GPU (or CPU workers) that decode and preprocess for the caller.
+
+Why: one Python process caps mmprep at ~14 videos/s whatever the GPU count (the GIL); workers in their
+own processes scale with the GPUs. The caller sends bytes (through shared memory) and gets back
+``Video`` objects / preprocess outputs whose GPU tensors are opened through ``mmprep.ipc`` (no copy;
+the memory stays on the GPU that made it, leased until the caller frees it).
+
+Faults: a worker that dies or hangs (a request older than ``hang_timeout``) is killed, only its
+in-flight requests fail (``WorkerCrashedError``), and a new worker takes its place. Each worker has a
+bounded queue; a caller that finds every queue full waits up to ``submit_timeout``, then gets
+``ServiceBusyError``. Bad media raise the same ``MediaError`` subclasses as in-process calls.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .. import errors
+from ..device import parse_device
+from ..source import Source, read_source
+from ..config import settings
+from ..video import Video
+from . import worker as _worker
+
+__all__ = ["MediaService", "ServiceError", "WorkerCrashedError", "ServiceBusyError"]
+
+logger = logging.getLogger("mmprep")
+
+
+class ServiceError(RuntimeError):
+    """The service could not run a request (not the media's fault)."""
+
+
+class WorkerCrashedError(ServiceError):
+    """The worker running the request died or hung and was replaced."""
+
+
+class ServiceBusyError(ServiceError, TimeoutError):
+    """Every worker queue stayed full for ``submit_timeout`` seconds."""
+
+
+@dataclass
+class _Worker:
+    index: int
+    device: str
+    process: Any = None
+    requests: Any = None
+    inflight: dict[int, tuple[Future, float]] = field(default_factory=dict)
+    ready: threading.Event = field(default_factory=threading.Event)
+    restarts: int = 0
+
+
+class MediaService:
+    """A pool of media worker processes; thread-safe, usable as a context manager.
+
+    ``gpus``: GPU ordinals to run workers on (default: every visible GPU; none when CUDA is absent);
+    ``workers_per_gpu`` workers each. ``cpu_workers``: CPU workers (PyAV + torch), used when there are no
+    GPU workers (default 2 then, 0 otherwise). ``queue_depth``: requests queued per worker.
+    """
+
+    def __init__(self, *, gpus: list[int] | None = None, workers_per_gpu: int = 1, cpu_workers: int | None = None,
+                 queue_depth: int = 8, submit_timeout: float = 60.0, hang_timeout: float = 120.0,
+                 start_timeout: float = 300.0, lease_timeout: float = 60.0) -> None:
+        if gpus is None:
+            gpus = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+        if workers_per_gpu < 1 or queue_depth < 1:
+            raise ValueError(f"workers_per_gpu and queue_depth must be >= 1, got {workers_per_gpu}, {queue_depth}")
+        if cpu_workers is None:
+            cpu_workers = 0 if gpus else 2
+        devices = [f"cuda:{g}" for g in gpus for _ in range(workers_per_gpu)] + ["cpu"] * cpu_workers
+        if not devices:
+            raise ValueError("the service needs at least one worker: pass gpus or cpu_workers > 0")
+        self._workers = [_Worker(i, d) for i, d in enumerate(devices)]
+        self.queue_depth, self.submit_timeout, self.hang_timeout = queue_depth, submit_timeout, hang_timeout
+        self.start_timeout, self.lease_timeout = start_timeout, lease_timeout
+        self._ctx = None
+        self._responses = None
+        self._lock = threading.Lock()
+        self._ids = itertools.count()
+        self._collector: threading.Thread | None = None
+        self._closing = threading.Event()
+
+    # -- life cycle -------------------------------------------------------------------------------
+    def start(self) -> "MediaService":
+        """Start the workers (``spawn``) and wait until each has warmed up."""
+        if self._collector is not None:
+            return self
+        import torch.multiprocessing as tmp
+
+        self._ctx = tmp.get_context("spawn")
+        self._responses = self._ctx.Queue()
+        for w in self._workers:
+            self._launch(w)
+        self._collector = threading.Thread(target=self._collect, name="mmprep-service", daemon=True)
+        self._collector.start()
+        deadline = time.monotonic() + self.start_timeout
+        for w in self._workers:
+            if not w.ready.wait(max(0.0, deadline - time.monotonic())):
+                self.close()
+                raise ServiceError(f"worker {w.index} ({w.device}) did not start within {self.start_timeout} s")
+        return self
+
+    def close(self) -> None:
+        """Stop the workers; requests still in flight fail with ``ServiceError``."""
+        self._closing.set()
+        for w in self._workers:
+            if w.process is not None and w.process.is_alive():
+                try:
+                    w.requests.put_nowait(None)
+                except Exception:  # noqa: BLE001 - a full queue: the kill below ends it
+                    pass
+        for w in self._workers:
+            if w.process is not None:
+                w.process.join(5)
+                if w.process.is_alive():
+                    w.process.kill()
+                    w.process.join(5)
+            self._fail(w, ServiceError("the service was closed"))
+        if self._collector is not None:
+            self._collector.join(5)
+        self._collector = None
+
+    def __enter__(self) -> "MediaService":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def stats(self) -> dict[str, Any]:
+        """Per worker: device, pid, requests in flight, restarts."""
+        with self._lock:
+            return {"workers": [{"device": w.device, "pid": w.process.pid if w.process else None,
+                                 "inflight": len(w.inflight), "restarts": w.restarts} for w in self._workers]}
+
+    # -- requests ---------------------------------------------------------------------------------
+    def decode_video(self, source: Source, *, gpu: int | None = None, timeout: float | None = None,
+                     **decode: Any) -> Video:
+        """``mmprep.decode_video`` in a worker (``device`` is the worker's); frames on that worker's GPU."""
+        if "device" in decode:
+            raise ValueError("device is chosen by the service: pass gpu=N (or nothing) instead")
+        r = self._call("decode_video", source, {"decode": decode}, gpu, timeout)
+        frames = r.pop("frames")
+        return Video(frames=frames, **r)
+
+    def preprocess_video(self, source: Source, *, gpu: int | None = None, timeout: float | None = None,
+                         decode: dict[str, Any] | None = None, **preprocess: Any) -> dict[str, torch.Tensor]:
+        """Decode + ``mmprep.preprocess(videos=[...], **preprocess)`` in a worker; the output tensors."""
+        if "device" in preprocess or "device" in (decode or {}):
+            raise ValueError("device is chosen by the service: pass gpu=N (or nothing) instead")
+        return self._call("preprocess_video", source, {"decode": decode or {}, "preprocess": preprocess}, gpu, timeout)
+
+    def ping(self, *, delay: float = 0.0, gpu: int | None = None, timeout: float | None = None,
+             worker: int | None = None) -> bool:
+        """Round trip to a worker (after ``delay`` seconds there): health checks and tests."""
+        return self._call("ping", None, {"delay": delay}, gpu, timeout, worker=worker)["pong"]
+
+    def _call(self, op: str, source: Source | None, options: dict[str, Any], gpu: int | None,
+              timeout: float | None, worker: int | None = None) -> dict[str, Any]:
+        if self._collector is None:
+            raise ServiceError("the service is not started: call start() or use it as a context manager")
+        data = None
+        if source is not None:
+            raw = read_source(source, max_bytes=settings().max_bytes)
+            data = torch.frombuffer(bytearray(raw), dtype=torch.uint8).share_memory_()  # bytes via shared memory
+        fut: Future = Future()
+        rid = next(self._ids)
+        w = self._dispatch(rid, op, data, options, fut, gpu, worker)
+        try:
+            status, payload = fut.result(timeout)
+        except TimeoutError:
+            raise ServiceError(f"{op} took longer than timeout={timeout} s on worker {w.index} ({w.device})") from None
+        if status == "media_error":
+            cls = getattr(errors, payload[0], errors.MediaError)
+            raise cls(payload[1])
+        if status == "error":
+            raise ServiceError(f"worker {w.index} ({w.device}) failed: {payload[0]}: {payload[1]}")
+        return {k: _import(v) for k, v in payload.items()}
+
+    def _dispatch(self, rid, op, data, options, fut, gpu, worker) -> _Worker:
+        if worker is not None:
+            pool = [self._workers[worker]]
+        elif gpu is not None:
+            kind, index = parse_device(f"cuda:{gpu}")
+            pool = [w for w in self._workers if w.device == f"{kind}:{index}"]
+            if not pool:
+                raise ValueError(f"gpu must be one of the service's GPUs {sorted({w.device for w in self._workers})}, got {gpu}")
+        else:
+            pool = self._workers
+        deadline = time.monotonic() + self.submit_timeout
+        while True:
+            with self._lock:
+                for w in sorted(pool, key=lambda w: len(w.inflight)):  # least loaded first
+                    if len(w.inflight) < self.queue_depth and w.ready.is_set():
+                        w.inflight[rid] = (fut, time.monotonic())
+                        w.requests.put((rid, op, data, options))
+                        return w
+            if time.monotonic() > deadline:
+                raise ServiceBusyError(f"every worker queue was full for {self.submit_timeout} s "
+                                       f"(queue_depth={self.queue_depth}); retry later or add workers")
+            time.sleep(0.002)
+
+    # -- the collector thread ---------------------------------------------------------------------
+    def _launch(self, w: _Worker) -> None:
+        w.ready.clear()
+        w.requests = self._ctx.Queue()
+        w.process = self._ctx.Process(target=_worker.main, args=(w.index, w.device, w.requests, self._responses,
+                                                                  self.lease_timeout),
+                                      name=f"mmprep-worker-{w.index}", daemon=True)
+        w.process.start()
+
+    def _fail(self, w: _Worker, exc: BaseException) -> None:
+        with self._lock:
+            pending, w.inflight = w.inflight, {}
+        for fut, _ in pending.values():
+            if not fut.done():
+                fut.set_exception(exc)
+
+    def _collect(self) -> None:
+        while not self._closing.is_set():
+            try:
+                rid, status, index, payload = self._responses.get(timeout=0.05)
+            except queue.Empty:
+                self._check_workers()
+                continue
+            except (EOFError, OSError):
+                return
+            if rid == "ready":
+                self._workers[index].ready.set()
+                continue
+            with self._lock:
+                w = self._workers[index]
+                fut, _ = w.inflight.pop(rid, (None, 0.0))
+            if fut is not None and not fut.done():
+                fut.set_result((status, payload))
+
+    def _check_workers(self) -> None:
+        now = time.monotonic()
+        for w in self._workers:
+            if w.process is None or self._closing.is_set():
+                continue
+            with self._lock:
+                oldest = min((t for _, t in w.inflight.values()), default=now)
+            dead = not w.process.is_alive()
+            hung = now - oldest > self.hang_timeout
+            if not (dead or hung):
+                continue
+            why = f"exit code {w.process.exitcode}" if dead else f"no answer for {self.hang_timeout} s"
+            logger.warning("mmprep service: worker %d (%s) %s; restarting it", w.index, w.device, why)
+            if not dead:
+                w.process.kill()
+            w.process.join(5)
+            with self._lock:  # the replacement first, so a caller woken by the failure finds it
+                pending, w.inflight = w.inflight, {}
+                w.restarts += 1
+                self._launch(w)
+            for fut, _ in pending.values():
+                if not fut.done():
+                    fut.set_exception(WorkerCrashedError(
+                        f"worker {w.index} ({w.device}) {'died' if dead else 'hung'} ({why}) while running this "
+                        "request; it was replaced"))
+
+
+def _import(value: Any) -> Any:
+    """A worker's exported tensor as a tensor in this process (GPU: the same memory, by CUDA IPC)."""
+    if isinstance(value, tuple) and len(value) == 2 and value[0] in ("cuda", "cpu"):
+        if value[0] == "cuda":
+            from .. import ipc
+
+            return ipc.open(value[1])
+        return value[1]
+    return value

@@ -1,0 +1,74 @@
+"""One media worker process: owns one device (a GPU's NVDEC sessions, kernels and budget, or the CPU).
+
+Requests arrive as (id, op, bytes-tensor in shared memory, options); results leave as small messages:
+GPU tensors as ``mmprep.ipc`` handles (the memory stays here, leased to the caller), CPU tensors
+through torch's shared memory. Bad media come back as the ``MediaError`` subclass's name and text.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+OPS = ("decode_video", "preprocess_video", "ping")
+"""What a worker does: decode a video, decode + preprocess it, or answer (after ``delay`` seconds)."""
+
+
+def _export(t: torch.Tensor, lease_timeout: float) -> Any:
+    if t.is_cuda:
+        from .. import ipc
+
+        return ("cuda", ipc.share(t, timeout=lease_timeout))
+    return ("cpu", t.share_memory_() if not t.is_shared() else t)
+
+
+def _video_fields(video) -> dict[str, Any]:
+    return {k: getattr(video, k) for k in ("indices", "timestamps", "fps", "duration", "total_frames", "width",
+                                          "height", "codec", "backend", "rotation")}
+
+
+def run_op(op: str, data: bytes, device: str, options: dict[str, Any], lease_timeout: float) -> dict[str, Any]:
+    """Do ``op`` on ``data``; tensors in the result are exported for the caller's process."""
+    import mmprep
+
+    if op == "ping":
+        time.sleep(float(options.get("delay", 0.0)))
+        return {"pong": True}
+    decode = dict(options.get("decode", {}))
+    video = mmprep.decode_video(data, device=device, **decode)
+    if op == "decode_video":
+        return {"frames": _export(video.frames, lease_timeout), **_video_fields(video)}
+    out = mmprep.preprocess(videos=[video], device=video.frames.device, **dict(options.get("preprocess", {})))
+    del video
+    return {k: _export(v, lease_timeout) for k, v in out.items()}
+
+
+def main(index: int, device: str, requests, responses, lease_timeout: float) -> None:
+    """Worker loop: warm up, say ready, then serve requests until a ``None`` arrives."""
+    import mmprep
+    from mmprep.errors import MediaError
+
+    if device.startswith("cuda"):
+        torch.cuda.set_device(torch.device(device))
+        from mmprep import kernels
+
+        kernels.fused(wait=True)  # built once per machine (cached on disk), loaded per worker
+    responses.put(("ready", "ready", index, None))
+    del mmprep
+    while True:
+        msg = requests.get()
+        if msg is None:
+            return
+        rid, op, data, options = msg
+        try:
+            if op not in OPS:
+                raise ValueError(f"op must be one of {', '.join(OPS)}, got {op!r}")
+            raw = data.numpy().tobytes() if data is not None else b""
+            del data
+            responses.put((rid, "ok", index, run_op(op, raw, device, options, lease_timeout)))
+        except MediaError as e:
+            responses.put((rid, "media_error", index, (type(e).__name__, str(e))))
+        except Exception as e:  # noqa: BLE001 - reported to the caller, the worker lives on
+            responses.put((rid, "error", index, (type(e).__name__, str(e))))

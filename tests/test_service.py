@@ -1,0 +1,156 @@
+"""The media service on CPU workers: same results as in-process calls, errors, crashes, hangs, backpressure."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import torch
+
+import mmprep
+from mmprep.service import MediaService, ServiceBusyError, WorkerCrashedError
+
+from .helpers import clip
+
+
+@pytest.fixture(scope="module")
+def service():
+    with MediaService(cpu_workers=2, hang_timeout=30) as s:
+        yield s
+
+
+def test_results_equal_in_process_calls(service):
+    data = clip("h264", frames=24)
+    v = service.decode_video(data, num_frames=5)
+    ref = mmprep.decode_video(data, num_frames=5, device="cpu")
+    assert torch.equal(v.frames, ref.frames) and v.indices == ref.indices and v.timestamps == ref.timestamps
+    assert v.vllm_metadata() == ref.vllm_metadata()
+    assert v.frames.is_shared()  # came back through shared memory, not a pickle of the pixels
+    out = service.preprocess_video(data, decode={"num_frames": 4}, profile="qwen2_vl", dtype=torch.bfloat16)
+    want = mmprep.preprocess(videos=[mmprep.decode_video(data, num_frames=4, device="cpu")], device="cpu",
+                             profile="qwen2_vl", dtype=torch.bfloat16)
+    assert out.keys() == want.keys() and all(torch.equal(out[k], want[k]) for k in want)
+
+
+def test_bad_media_raise_the_same_error_and_the_worker_lives(service):
+    pids = [w["pid"] for w in service.stats()["workers"]]
+    for _ in range(4):
+        with pytest.raises(mmprep.CorruptMediaError, match="not a readable media container"):
+            service.decode_video(b"not a video" * 100)
+        with pytest.raises(mmprep.EmptyMediaError):
+            service.decode_video(b"")
+    assert [w["pid"] for w in service.stats()["workers"]] == pids
+    assert service.decode_video(clip("h264", frames=24), num_frames=2).frames.shape[0] == 2
+
+
+def test_many_threads_share_the_service(service):
+    data = clip("h264", frames=24)
+    ref = mmprep.decode_video(data, num_frames=3, device="cpu").frames
+    results, errors = [], []
+
+    def work():
+        try:
+            for _ in range(3):
+                results.append(torch.equal(service.decode_video(data, num_frames=3).frames, ref))
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    ts = [threading.Thread(target=work) for _ in range(12)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not errors and results == [True] * 36
+    assert all(w["inflight"] == 0 for w in service.stats()["workers"])
+
+
+def test_killed_worker_fails_only_its_requests_and_is_replaced(service):
+    victim = service.stats()["workers"][0]
+    got: list = []
+    t = threading.Thread(target=lambda: got.append(_catch(lambda: service.ping(delay=10, worker=0))))
+    t.start()
+    time.sleep(0.5)
+    other = service.ping(worker=1)  # the other worker keeps serving
+    os.kill(victim["pid"], signal.SIGKILL)
+    t.join(30)
+    assert other is True and isinstance(got[0], WorkerCrashedError) and "died" in str(got[0])
+    after = service.stats()["workers"][0]
+    assert after["pid"] != victim["pid"] and after["restarts"] == victim["restarts"] + 1
+    assert service.ping(worker=0) is True  # the replacement serves
+    assert service.decode_video(clip("h264", frames=24), num_frames=2).frames.shape[0] == 2
+
+
+def test_hung_worker_is_killed_and_replaced():
+    with MediaService(cpu_workers=1, hang_timeout=1.0) as s:
+        pid = s.stats()["workers"][0]["pid"]
+        with pytest.raises(WorkerCrashedError, match="hung"):
+            s.ping(delay=30)
+        assert s.stats()["workers"][0]["pid"] != pid and s.ping() is True
+
+
+def test_full_queues_push_back_with_a_clear_error():
+    with MediaService(cpu_workers=1, queue_depth=1, submit_timeout=0.3) as s:
+        t = threading.Thread(target=lambda: s.ping(delay=2))
+        t.start()
+        time.sleep(0.3)
+        with pytest.raises(ServiceBusyError, match="queue_depth=1"):
+            s.ping()
+        t.join()
+        assert s.ping() is True
+
+
+def test_arguments_are_checked():
+    with pytest.raises(ValueError, match="at least one worker"):
+        MediaService(gpus=[], cpu_workers=0)
+    with pytest.raises(ValueError, match="workers_per_gpu"):
+        MediaService(workers_per_gpu=0, cpu_workers=1)
+    s = MediaService(cpu_workers=1)
+    with pytest.raises(mmprep.service.ServiceError, match="not started"):
+        s.ping()
+
+
+def test_device_is_the_services_choice(service):
+    with pytest.raises(ValueError, match="device is chosen by the service"):
+        service.decode_video(clip("h264", frames=24), device="cpu")
+
+
+def test_core_never_imports_the_service():
+    code = "import sys, mmprep; mmprep.decode_video; print('mmprep.service' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "False"
+
+
+def _segments() -> list[str]:
+    """Shared-memory segments, not counting the queues' semaphores (they come and go with workers)."""
+    return sorted(n for n in os.listdir("/dev/shm") if not n.startswith("sem."))
+
+
+def _catch(fn):
+    try:
+        return fn()
+    except BaseException as e:  # noqa: BLE001
+        return e
+
+
+def test_no_shared_memory_or_descriptor_left_behind(service):
+    """Inputs and results travel through shared memory: after the results are freed, nothing stays open."""
+    import gc
+
+    data = clip("h264", frames=24)
+    service.decode_video(data, num_frames=2)  # warm
+    gc.collect()
+    before = len(os.listdir("/proc/self/fd")), _segments()
+    for _ in range(30):
+        v = service.decode_video(data, num_frames=4)
+        del v
+        with pytest.raises(mmprep.MediaError):
+            service.decode_video(data[: len(data) // 3])
+    gc.collect()
+    time.sleep(0.2)
+    fds, shm = len(os.listdir("/proc/self/fd")), _segments()
+    assert fds <= before[0] and shm == before[1]  # 60 requests: a leak per request would show as +30 or more
