@@ -96,6 +96,8 @@ class Settings:
     processor: str
     """vLLM processor hook: "auto" (on with mmprep's loader or connector, on a GPU), "on" or "off"."""
     processor_device: str
+    workers: int
+    """``mmprep.service.shared()``: workers per GPU (CPU workers without CUDA); 0 = decode in-process."""
     """Device of the vLLM processor hook for inputs on the host: "auto" (cuda if present), "cuda[:N]", "cpu"."""
 
 
@@ -116,4 +118,5 @@ def settings() -> Settings:
         kernels=_bool("MMPREP_KERNELS", True),
         processor=_choice("MMPREP_PROCESSOR", "auto", {"auto": "auto", "1": "on", "on": "on", "0": "off", "off": "off"}),
         processor_device=_device("MMPREP_PROCESSOR_DEVICE"),
+        workers=_int("MMPREP_WORKERS", 0),
     )

@@ -57,6 +57,7 @@ class _Worker:
     inflight: dict[int, tuple[Future, float]] = field(default_factory=dict)
     ready: threading.Event = field(default_factory=threading.Event)
     restarts: int = 0
+    served: int = 0
 
 
 class MediaService:
@@ -136,10 +137,11 @@ class MediaService:
         self.close()
 
     def stats(self) -> dict[str, Any]:
-        """Per worker: device, pid, requests in flight, restarts."""
+        """Per worker: device, pid, requests in flight, restarts, requests answered."""
         with self._lock:
             return {"workers": [{"device": w.device, "pid": w.process.pid if w.process else None,
-                                 "inflight": len(w.inflight), "restarts": w.restarts} for w in self._workers]}
+                                 "inflight": len(w.inflight), "restarts": w.restarts, "served": w.served}
+                                for w in self._workers]}
 
     # -- requests ---------------------------------------------------------------------------------
     def decode_video(self, source: Source, *, gpu: int | None = None, timeout: float | None = None,
@@ -239,6 +241,7 @@ class MediaService:
             with self._lock:
                 w = self._workers[index]
                 fut, _ = w.inflight.pop(rid, (None, 0.0))
+                w.served += 1
             if fut is not None and not fut.done():
                 fut.set_result((status, payload))
 

@@ -8,16 +8,18 @@ would produce; only the decoding changes (NVDEC, only the GOPs holding sampled f
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any
 
 import numpy as np
 import torch
 
+from ..device import parse_device
 from ..probe import StreamInfo
 from ..video import decode_video
 
-__all__ = ["SAMPLERS", "OPTIONS", "make_loader"]
+__all__ = ["SAMPLERS", "OPTIONS", "make_loader", "sample_like_vllm"]
 
 SAMPLERS: dict[str, str] = {
     "opencv": "mmprep",
@@ -44,9 +46,25 @@ def _defaults(fn) -> dict[str, Any]:
     return {k: p.default for k, p in sig.parameters.items() if p.default is not inspect.Parameter.empty}
 
 
-def make_loader(base: type, sampler: str = "") -> type:
-    """A subclass of vLLM loader ``base`` that decodes with mmprep; its defaults (e.g. fps=2) kept."""
+def sample_like_vllm(sampler: str, target: tuple[float, float, float], kwargs: dict[str, Any],
+                     st: StreamInfo) -> list[int]:
+    """The frames vLLM's loader ``sampler`` picks from a probed stream (its pixel limit checked first).
+
+    Module-level so that ``functools.partial`` of it pickles: service workers run it next to the decoder."""
+    from vllm.multimodal.video import VIDEO_LOADER_REGISTRY
     from vllm.multimodal.video_decoders import VideoSourceMetadata, VideoTargetMetadata, check_frame_pixel_limit
+
+    base = VIDEO_LOADER_REGISTRY.name2class[sampler]
+    check_frame_pixel_limit(st.width, st.height)
+    src = base._prepare_source(VideoSourceMetadata(st.num_frames, st.fps, st.duration))
+    num_frames, fps, max_duration = target
+    tgt = VideoTargetMetadata(num_frames=num_frames, fps=fps, max_duration=max_duration)
+    return [int(i) for i in base.compute_frames_index_to_sample(source=src, target=tgt, **kwargs)]
+
+
+def make_loader(base: type, sampler: str) -> type:
+    """A subclass of vLLM loader ``base`` that decodes with mmprep; its defaults (e.g. fps=2) kept."""
+    from vllm.multimodal.video_decoders import VideoSourceMetadata
 
     defaults = _defaults(base.load_bytes)
     suffix = getattr(base, "_sampling_suffix", "")
@@ -82,23 +100,24 @@ def make_loader(base: type, sampler: str = "") -> type:
                     f"{', '.join(foreign)} is an option of another video backend; mmprep's options are "
                     f"{', '.join(OPTIONS)} (plus the sampling options num_frames, fps, max_duration)"
                 )
-            target = VideoTargetMetadata(num_frames=num_frames, fps=fps, max_duration=max_duration)
-            seen: dict[str, Any] = {}
+            # vLLM's own sampler, as a picklable callable: it also runs inside service workers.
+            pick = functools.partial(sample_like_vllm, sampler, (num_frames, fps, max_duration), dict(kwargs))
+            from ..service import shared
 
-            def pick(st: StreamInfo) -> list[int]:
-                check_frame_pixel_limit(st.width, st.height)
-                src = cls._prepare_source(VideoSourceMetadata(st.num_frames, st.fps, st.duration))
-                seen["source"] = src
-                return cls.compute_frames_index_to_sample(source=src, target=target, **kwargs)
-
-            video = decode_video(data, indices=pick, device=device)
+            svc = shared()
+            if svc is not None:
+                kind, gpu = parse_device(device)
+                video = svc.decode_video(data, indices=pick, gpu=gpu if kind == "cuda" else None)
+            else:
+                video = decode_video(data, indices=pick, device=device)
             frames: torch.Tensor | np.ndarray = video.frames
             if frames.device.type == "cpu":
                 frames = frames.numpy()
             elif frames_on == "host":
                 frames = frames.cpu().numpy()
+            source = cls._prepare_source(VideoSourceMetadata(video.total_frames, video.fps, video.duration))
             meta = cls.create_hf_metadata(
-                source=seen["source"], valid_frame_indices=list(video.indices), video_backend=f"mmprep{suffix}"
+                source=source, valid_frame_indices=list(video.indices), video_backend=f"mmprep{suffix}"
             )
             return frames, meta
 

@@ -1,0 +1,57 @@
+"""The vLLM plugin's loaders decoding through ``mmprep.service`` workers (``MMPREP_WORKERS``), CPU workers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import mmprep
+from mmprep import service
+
+from .helpers import clip
+
+vllm = pytest.importorskip("vllm", reason="vLLM is not installed (pip install mmprep[test])")
+
+
+@pytest.fixture(scope="module")
+def loaders():
+    from vllm.multimodal.video import VIDEO_LOADER_REGISTRY
+
+    from mmprep.vllm import register
+
+    register()
+    with service.MediaService(cpu_workers=1) as svc:
+        yield VIDEO_LOADER_REGISTRY, svc
+    service.set_shared(None)
+
+
+@pytest.mark.parametrize("name,kwargs", [("mmprep_qwen2_vl", {}), ("mmprep", {"num_frames": 6}),
+                                         ("mmprep_qwen3_vl", {"num_frames": 8})])
+def test_loader_through_service_equals_in_process(loaders, name, kwargs):
+    reg, svc = loaders
+    data = clip("h264", width=320, height=240, frames=60, fps=20, gop=20)
+    loader = reg.load(name)
+    service.set_shared(None)
+    served = svc.stats()["workers"][0]["served"]
+    ref, ref_meta = loader.load_bytes(data, device="cpu", **kwargs)
+    assert svc.stats()["workers"][0]["served"] == served  # in-process: the service was not asked
+    service.set_shared(svc)
+    frames, meta = loader.load_bytes(data, device="cpu", **kwargs)
+    service.set_shared(None)
+    assert svc.stats()["workers"][0]["served"] == served + 1  # vLLM's sampler and the decode ran in the worker
+    assert meta == ref_meta and np.array_equal(frames, ref)
+
+
+def test_bad_media_through_service_are_media_errors(loaders):
+    reg, svc = loaders
+    service.set_shared(svc)
+    try:
+        with pytest.raises(mmprep.CorruptMediaError):
+            reg.load("mmprep_qwen2_vl").load_bytes(b"\x00" * 5000)
+    finally:
+        service.set_shared(None)
+
+
+def test_shared_service_is_off_by_default():
+    service.set_shared(None)
+    assert service.shared() is None
