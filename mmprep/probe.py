@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from .bitstream import DisposableScanner
+from .isobmff import video_edit_count
 from .orientation import display_rotation
 from .errors import CorruptMediaError, MediaTooLargeError, NoVideoStreamError
 
@@ -63,7 +64,14 @@ class Probe:
     """Display-order frame index of each packet's picture; -1 for a packet an edit list cuts away
     (decoded when a shown frame depends on it, never shown)."""
     by_pts: bool
-    """True when ``display_index`` comes from unique timestamps; else decode order is assumed."""
+    """True when ``display_index`` comes from unique timestamps of the shown packets; else decode order."""
+
+    @property
+    def pts_shared_with_cut(self) -> bool:
+        """A cut-away packet has the timestamp of a shown one (FFmpeg's index after several edits): a
+        decoder that outputs cut-away pictures cannot tell them apart by timestamp."""
+        cut = {p for p, d in zip(self.pts, self.display_index) if d < 0}
+        return any(p in cut for p, d in zip(self.pts, self.display_index) if d >= 0)
 
     def packet_of_frame(self) -> list[int]:
         """Inverse of ``display_index``: the packet ordinal holding each display frame."""
@@ -155,7 +163,9 @@ def probe(data: bytes, *, max_pixels: int) -> Probe:
         if not pts:
             raise CorruptMediaError(f"{codec} stream holds no packets")
         declared = int(vs.frames or 0)
-        if declared > len(pts):
+        # Several edits make FFmpeg rebuild the index from the kept spans: fewer packets than the header
+        # counts is then the edit list's doing, not truncation (which the byte-extent check above catches).
+        if declared > len(pts) and video_edit_count(data) <= 1:
             raise CorruptMediaError(
                 f"truncated: container declares {declared} frames, only {len(pts)} packets present"
             )
@@ -164,7 +174,8 @@ def probe(data: bytes, *, max_pixels: int) -> Probe:
         shown = [i for i in range(len(pts)) if not cut[i]]
         if not shown:
             raise CorruptMediaError(f"the edit list leaves none of the {len(pts)} frames presentable")
-        by_pts = all(p is not None for p in pts) and len(set(pts)) == len(pts)
+        shown_pts = [pts[i] for i in shown]
+        by_pts = all(p is not None for p in shown_pts) and len(set(shown_pts)) == len(shown_pts)
         display = [-1] * len(pts)
         if by_pts:
             for rank, i in enumerate(sorted(shown, key=lambda i: pts[i])):

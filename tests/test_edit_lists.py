@@ -43,6 +43,37 @@ def remux(src: bytes, *, start: float, stop: float, shift: float, fmt: str = "mp
     return buf.getvalue()
 
 
+def with_edits(data: bytes, spans: list[tuple[float, float]]) -> bytes:
+    """``data`` (an MP4 with its moov after the mdat) with an edit list showing media ``(start, duration)``
+    spans one after the other: concatenated cuts, as editors write them."""
+    import struct
+
+    def boxes(b, s, e):
+        o = s
+        while o + 8 <= e:
+            size, kind = struct.unpack(">I4s", b[o : o + 8])
+            yield kind, o, o + size
+            o += size
+
+    b = bytearray(data)
+    top = {k: (s, e) for k, s, e in boxes(b, 0, len(b))}
+    ms, me = top[b"moov"]
+    assert ms > top[b"mdat"][0], "moov must follow mdat (chunk offsets stay valid)"
+    movie_ts = next(struct.unpack(">I", b[s + 20 : s + 24])[0] for k, s, _ in boxes(b, ms + 8, me) if k == b"mvhd")
+    ts, te = next((s, e) for k, s, e in boxes(b, ms + 8, me) if k == b"trak")
+    es, ee = next((s, e) for k, s, e in boxes(b, ts + 8, te) if k == b"edts")
+    mdia = next((s, e) for k, s, e in boxes(b, ts + 8, te) if k == b"mdia")
+    media_ts = next(struct.unpack(">I", b[s + 20 : s + 24])[0] for k, s, _ in boxes(b, mdia[0] + 8, mdia[1]) if k == b"mdhd")
+    entries = b"".join(struct.pack(">IiHH", round(d * movie_ts), round(st * media_ts), 1, 0) for st, d in spans)
+    elst = struct.pack(">I4sII", 16 + len(entries), b"elst", 0, len(spans)) + entries
+    new = struct.pack(">I4s", 8 + len(elst), b"edts") + elst
+    delta = len(new) - (ee - es)
+    b[es:ee] = new
+    struct.pack_into(">I", b, ts, te - ts + delta)
+    struct.pack_into(">I", b, ms, me - ms + delta)
+    return bytes(b)
+
+
 def cases() -> dict[str, bytes]:
     h264 = clip("h264", width=160, height=96, frames=120, fps=30, gop=30, bframes=2)
     hevc = clip("hevc", width=256, height=144, frames=120, fps=30, gop=30, bframes=3)  # NVDEC's HEVC minimum: 144
@@ -52,6 +83,8 @@ def cases() -> dict[str, bytes]:
         "h264_trim_at_keyframe": remux(h264, start=2.0, stop=3.0, shift=2.0),
         "mkv_start_time_5s": remux(h264, start=0.0, stop=4.0, shift=-5.0, fmt="matroska"),
         "mp4_start_time_2s": remux(h264, start=0.0, stop=2.0, shift=-2.0),
+        "two_cuts": with_edits(clip("h264", width=160, height=96, frames=90, fps=30, gop=15, bframes=0),
+                               [(0.5, 0.5), (2.0, 0.5)]),
     }
 
 
@@ -74,6 +107,14 @@ def test_presentable_frames_equal_vllm_opencv_loader(name, num_frames):
     assert np.array_equal(v.frames.numpy(), ref)  # same frames, bit for bit (8-bit H.264/HEVC)
 
 
+def test_concatenated_cuts_show_both_spans():
+    """Two edits (0.5-1.0 s and 2.0-2.5 s of a 30 fps clip): frames 15-29, then 60-74."""
+    from mmprep.testing import read_index
+
+    v = mmprep.decode_video(cases()["two_cuts"], device="cpu")
+    assert [read_index(f) for f in v.frames.numpy()] == list(range(15, 30)) + list(range(60, 75))
+
+
 def test_first_shown_frame_is_the_edit_start():
     """The frame at index 0 of a clip cut at 1.3 s is the source's frame 39 (1.3 s x 30 fps)."""
     from mmprep.testing import read_index
@@ -89,6 +130,12 @@ def test_first_shown_frame_is_the_edit_start():
 def test_presentable_frames_on_gpu(name):
     data = cases()[name]
     cpu = mmprep.decode_video(data, num_frames=8, device="cpu")
+    if name == "two_cuts":  # cut-away pictures share timestamps with shown ones: NVDEC refuses, auto falls back
+        with pytest.raises(mmprep.UnsupportedCodecError, match="several edits"):
+            mmprep.decode_video(data, num_frames=8, device="cuda")
+        auto = mmprep.decode_video(data, num_frames=8, device="auto")
+        assert auto.backend == "cpu" and torch.equal(auto.frames, cpu.frames)
+        return
     gpu = mmprep.decode_video(data, num_frames=8, device="cuda")
     assert gpu.total_frames == cpu.total_frames and gpu.indices == cpu.indices
     diff = (gpu.frames.cpu().to(torch.int16) - cpu.frames.to(torch.int16)).abs().float()

@@ -41,7 +41,9 @@ def decode_cpu(data: bytes, probe: Probe, plan: DecodePlan, count: int, *, threa
         return torch.from_numpy(out)
     feed = set(plan.feed)
     last = plan.feed[-1]
-    ordinal_of_pts = {p: i for i, p in enumerate(probe.pts)} if not plan.sequential else {}
+    # Shown packets only: FFmpeg never outputs the pictures an edit list cuts away (they may share a pts).
+    ordinal_of_pts = ({p: i for i, p in enumerate(probe.pts) if probe.display_index[i] >= 0}
+                      if not plan.sequential else {})
     packet_of_frame = probe.packet_of_frame()
     produced = 0  # frames out of the decoder so far (sequential mode's display index)
 

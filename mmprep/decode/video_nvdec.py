@@ -174,6 +174,8 @@ def decode_nvdec(data: bytes, probe: Probe, plan: DecodePlan, count: int, *, gpu
     """Decode the planned packets on NVDEC; return (count,H,W,3) uint8 on the session's GPU."""
     global _reuse_across_sizes
     reason = nvdec_supports(probe.stream, gpu)
+    if not reason and probe.pts_shared_with_cut:
+        reason = "several edits leave cut-away pictures with the timestamps of shown ones (NVDEC outputs both)"
     if reason:
         raise UnsupportedCodecError(reason)
     try:
