@@ -61,10 +61,14 @@ def _choice(name: str, default: str, allowed: dict[str, str]) -> str:
 
 
 def _device(name: str) -> str:
+    from .device import parse_device
+
     raw = os.environ.get(name, "").strip().lower() or "auto"
-    if raw in ("auto", "cpu", "cuda") or (raw.startswith("cuda:") and raw[5:].isdigit()):
-        return raw
-    raise ValueError(f"{name} must be auto, cpu, cuda or cuda:N, got {raw!r}")
+    try:
+        parse_device(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be auto, cpu, cuda or cuda:N, got {raw!r}") from None
+    return raw
 
 
 @dataclass(frozen=True)
@@ -96,9 +100,9 @@ class Settings:
     processor: str
     """vLLM processor hook: "auto" (on with mmprep's loader or connector, on a GPU), "on" or "off"."""
     processor_device: str
+    """Device of the vLLM processor hook for inputs on the host: "auto" (cuda if present), "cuda[:N]", "cpu"."""
     workers: int
     """``mmprep.service.shared()``: workers per GPU (CPU workers without CUDA); 0 = decode in-process."""
-    """Device of the vLLM processor hook for inputs on the host: "auto" (cuda if present), "cuda[:N]", "cpu"."""
 
 
 @functools.lru_cache(maxsize=1)

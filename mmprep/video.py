@@ -20,7 +20,7 @@ from .source import Source, read_source
 
 logger = logging.getLogger("mmprep")
 
-__all__ = ["Video", "decode_video", "resolve_device"]
+__all__ = ["Video", "decode_video"]
 
 @dataclass(frozen=True)
 class Video:
@@ -77,11 +77,6 @@ class Video:
         }
 
 
-def resolve_device(device: str | torch.device) -> tuple[str, int | None]:
-    """Normalize ``device`` to ("auto" | "cpu" | "cuda", gpu ordinal or None)."""
-    return parse_device(device)
-
-
 def decode_video(
     source: Source,
     *,
@@ -104,7 +99,7 @@ def decode_video(
     container's display rotation on their device, as OpenCV shows them (``apply_rotation=False``:
     stored pixels). Bad media raises ``mmprep.MediaError``.
     """
-    kind, gpu = resolve_device(device)
+    kind, gpu = parse_device(device)
     cfg = settings()
     max_pixels = cfg.max_pixels if max_pixels is None else max_pixels
     max_frames = cfg.max_frames if max_frames is None else max_frames

@@ -22,15 +22,24 @@ def _tokenizer(path: Path) -> None:
     tok.save(str(path / "tokenizer.json"))
 
 
-def make_tiny_qwen2_vl(path: Path) -> Path:
-    """Write the folder; returns it. Token ids of the special tokens follow the vocabulary."""
+def _tokenizer_files(path: Path) -> tuple[dict[str, int], int]:
+    """Create ``path`` with the tokenizer and its config; (special token ids, vocab size for the model)."""
     path.mkdir(parents=True, exist_ok=True)
     _tokenizer(path)
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(path / "tokenizer.json"))
-    ids = {t: tok.token_to_id(t) for t in SPECIAL}
-    vocab_size = tok.get_vocab_size() + 8
+    (path / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 32768,
+        "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "additional_special_tokens": SPECIAL[1:],
+        "chat_template": "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}",
+    }))
+    return {t: tok.token_to_id(t) for t in SPECIAL}, tok.get_vocab_size() + 8
+
+
+def make_tiny_qwen2_vl(path: Path) -> Path:
+    """Write the folder; returns it. Token ids of the special tokens follow the vocabulary."""
+    ids, vocab_size = _tokenizer_files(path)
     config = {
         "architectures": ["Qwen2VLForConditionalGeneration"],
         "model_type": "qwen2_vl",
@@ -46,12 +55,6 @@ def make_tiny_qwen2_vl(path: Path) -> Path:
                           "in_chans": 3, "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2},
     }
     (path / "config.json").write_text(json.dumps(config))
-    (path / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 32768,
-        "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
-        "additional_special_tokens": SPECIAL[1:],
-        "chat_template": "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}",
-    }))
     proc = {"min_pixels": 3136, "max_pixels": 12845056, "patch_size": 14, "temporal_patch_size": 2,
             "merge_size": 2, "image_mean": [0.48145466, 0.4578275, 0.40821073],
             "image_std": [0.26862954, 0.26130258, 0.27577711], "do_rescale": True, "do_normalize": True,
@@ -65,13 +68,7 @@ def make_tiny_qwen2_vl(path: Path) -> Path:
 
 def make_tiny_qwen3_vl(path: Path) -> Path:
     """A weightless Qwen3-VL folder: same synthetic tokenizer, Qwen3-VL processor configs (patch 16)."""
-    path.mkdir(parents=True, exist_ok=True)
-    _tokenizer(path)
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(str(path / "tokenizer.json"))
-    ids = {t: tok.token_to_id(t) for t in SPECIAL}
-    vocab_size = tok.get_vocab_size() + 8
+    ids, vocab_size = _tokenizer_files(path)
     config = {
         "architectures": ["Qwen3VLForConditionalGeneration"],
         "model_type": "qwen3_vl",
@@ -93,11 +90,6 @@ def make_tiny_qwen3_vl(path: Path) -> Path:
         "torch_dtype": "float32",
     }
     (path / "config.json").write_text(json.dumps(config))
-    (path / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 32768,
-        "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "additional_special_tokens": SPECIAL[1:],
-        "chat_template": "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}",
-    }))
     half = [0.5, 0.5, 0.5]
     image = {"size": {"shortest_edge": 65536, "longest_edge": 16777216}, "patch_size": 16, "temporal_patch_size": 2,
              "merge_size": 2, "image_mean": half, "image_std": half, "image_processor_type": "Qwen2VLImageProcessor",

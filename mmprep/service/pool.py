@@ -25,7 +25,6 @@ from typing import Any
 import torch
 
 from .. import errors
-from ..device import parse_device
 from ..source import Source, read_source
 from ..config import settings
 from ..video import Video
@@ -191,8 +190,7 @@ class MediaService:
         if worker is not None:
             pool = [self._workers[worker]]
         elif gpu is not None:
-            kind, index = parse_device(f"cuda:{gpu}")
-            pool = [w for w in self._workers if w.device == f"{kind}:{index}"]
+            pool = [w for w in self._workers if w.device == f"cuda:{gpu}"]
             if not pool:
                 raise ValueError(f"gpu must be one of the service's GPUs {sorted({w.device for w in self._workers})}, got {gpu}")
         else:
