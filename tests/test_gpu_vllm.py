@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import mmprep
+from mmprep.vllm import identity
 
 from .helpers import clip, report
 
@@ -43,6 +44,8 @@ def test_loader_keeps_frames_on_gpu_within_vllm_budget(registry):
         loader = registry.load("mmprep_qwen2_vl")
         frames, meta = loader.load_bytes(data, device="cuda")
         assert isinstance(frames, torch.Tensor) and frames.is_cuda and meta["video_backend"] == "mmprep"
+        ident = identity.tag_of((frames, meta))  # vLLM identifies GPU frames by it, never hashing pixels
+        assert ident is not None and ident != identity.tag_of(loader.load_bytes(data, device="cuda", num_frames=3)[0])
         assert pool.available_bytes == pool.total_bytes - frames.numel()  # held while the frames live
         ref, ref_meta = registry.load("qwen2_vl").load_bytes(data)
         assert meta["frames_indices"] == ref_meta["frames_indices"] and meta["fps"] == ref_meta["fps"]

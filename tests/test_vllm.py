@@ -19,6 +19,8 @@ vllm = pytest.importorskip("vllm", reason="vLLM is not installed (pip install mm
 
 from PIL import Image  # noqa: E402
 
+from mmprep.vllm import identity  # noqa: E402
+
 from .tiny_model import make_tiny_qwen2_vl  # noqa: E402
 
 PROMPT_VIDEO = "<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>Describe<|im_end|>\n"
@@ -174,6 +176,7 @@ def test_images_through_connector_match_pil(connector_env, model_config, process
     mine = chat(model_config, part)
     (item,) = mine["image"]
     assert isinstance(getattr(item, "media", item), torch.Tensor)
+    assert identity.tag_of(item) == identity.digest(data, "image", "cpu", tuple(item.media.shape), (255, 255, 255))
     os.environ["VLLM_MEDIA_CONNECTOR"] = "http"
     ref = chat(model_config, part)
     os.environ["VLLM_MEDIA_CONNECTOR"] = "mmprep"

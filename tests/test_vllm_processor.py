@@ -15,6 +15,7 @@ vllm = pytest.importorskip("vllm", reason="vLLM is not installed (pip install mm
 
 from PIL import Image  # noqa: E402
 
+from mmprep.vllm import identity  # noqa: E402
 from mmprep.vllm import processor as hook  # noqa: E402
 
 from .tiny_model import make_tiny_qwen2_vl, make_tiny_qwen3_vl  # noqa: E402
@@ -76,10 +77,11 @@ def video_item(t: int, h: int, w: int, seed: int = 0):
     return (frames(t, h, w, seed), meta)
 
 
-def apply(proc, prompt: str, mm_data: dict, kwargs: dict | None = None, path: str | None = None):
+def apply(proc, prompt: str, mm_data: dict, kwargs: dict | None = None, path: str | None = None,
+          uuids: dict | None = None):
     """Run ``proc``; ``path`` ("mmprep"/"hf"): the hook's path every sub-processor call must take."""
     before = dict(hook.CALLS)
-    out = proc(prompt, proc.info.parse_mm_data(mm_data), hf_processor_mm_kwargs=kwargs or {})
+    out = proc(prompt, proc.info.parse_mm_data(mm_data), uuids, hf_processor_mm_kwargs=kwargs or {})
     ran = {k: hook.CALLS[k] - before[k] for k in before}
     if path is None:
         assert not any(ran.values()), f"vLLM's own processor went through the hook: {ran}"
@@ -167,6 +169,45 @@ def test_unsupported_filter_falls_back_to_hf_on_same_device(tiny):
     assert_same(apply(mine, PROMPT.format(VIDEO), data, path="hf"), apply(ref, PROMPT.format(VIDEO), data))
 
 
+def tagged(item, source: bytes):
+    """A video item whose frames tensor carries an mmprep identity, as mmprep's loader leaves it."""
+    frames, meta = item
+    return identity.tag(torch.from_numpy(frames.copy()), identity.digest(source, "video", meta["frames_indices"])), meta
+
+
+def test_mmprep_media_identified_by_digest_not_pixels(tiny):
+    """vLLM caches by item hash; mmprep items are identified by their digest (never by hashing pixels),
+    client uuids still win, and the pixels are the same as without an identity."""
+    cfg = model_config(tiny, dtype="float32")
+    ref, mine = processors(cfg, "cpu")
+    item = video_item(4, 120, 160, 6)
+    a, b = tagged(item, b"clip A"), tagged(item, b"clip B")  # same pixels, different sources
+    prompt = PROMPT.format(VIDEO)
+    out_a, kw_a = apply(mine, prompt, {"video": [a]}, path="mmprep")
+    out_b, kw_b = apply(mine, prompt, {"video": [b]}, path="mmprep")
+    assert out_a["mm_hashes"]["video"] == [identity.tag_of(a)]  # no kwargs: vLLM takes the id as the hash
+    assert out_b["mm_hashes"]["video"] == [identity.tag_of(b)] != out_a["mm_hashes"]["video"]
+    assert torch.equal(kw_a["pixel_values_videos"], kw_b["pixel_values_videos"])
+    assert_same((out_a, kw_a), apply(ref, prompt, {"video": [item]}))
+    # Processor kwargs still enter the hash (vLLM hashes them with the id), and a client's uuid wins.
+    out_k, _ = apply(mine, prompt, {"video": [a]}, {"max_pixels": 100_000}, path="mmprep")
+    assert out_k["mm_hashes"]["video"][0] not in (identity.tag_of(a), out_a["mm_hashes"]["video"][0])
+    out_u, _ = apply(mine, prompt, {"video": [a]}, path="mmprep", uuids={"video": ["client-id"]})
+    assert out_u["mm_hashes"]["video"] == ["client-id"]
+    # Untagged media keep vLLM's own hashing: the same hash as vLLM's processor gives.
+    assert apply(mine, prompt, {"video": [item]}, path="mmprep")[0]["mm_hashes"] == apply(
+        ref, prompt, {"video": [item]})[0]["mm_hashes"]
+
+
+def test_digest_covers_source_and_decode_choices():
+    base = identity.digest(b"abc", "video", [0, 4], "nvdec")
+    assert base == identity.digest(b"abc", "video", [0, 4], "nvdec")
+    for other in (identity.digest(b"abd", "video", [0, 4], "nvdec"), identity.digest(b"abc", "video", [0, 5], "nvdec"),
+                  identity.digest(b"abc", "video", [0, 4], "cpu"), identity.digest(b"abc", "image", [0, 4], "nvdec")):
+        assert other != base
+    assert identity.tag_of((np.zeros(3), {})) is None and identity.tag_of(torch.zeros(3)) is None
+
+
 def test_install_lists_models_and_is_idempotent():
     hook.uninstall()
     try:
@@ -176,9 +217,11 @@ def test_install_lists_models_and_is_idempotent():
         from vllm.model_executor.models.qwen2_vl import Qwen2VLForConditionalGeneration as M
 
         assert M._processor_factory.info.__name__ == "MmprepQwen2VLProcessingInfo"
+        assert M._processor_factory.processor.__name__ == "MmprepQwen2VLMultiModalProcessor"
     finally:
         hook.uninstall()
     assert M._processor_factory.info.__name__ == "Qwen2VLProcessingInfo"
+    assert M._processor_factory.processor.__name__ == "Qwen2VLMultiModalProcessor"
 
 
 @pytest.mark.gpu

@@ -19,6 +19,7 @@ import vllm.envs as envs
 
 from ..config import settings
 from ..image import decode_images
+from . import identity
 from .loader import SAMPLERS
 
 __all__ = ["MmprepImageMediaIO", "MmprepMediaConnector"]
@@ -41,6 +42,9 @@ class MmprepImageMediaIO(ImageMediaIO):
         )
         if image.shape[-1] in (1, 3, 4):  # vLLM would read a (3,H,W) this narrow as HWC
             return super().load_bytes(data)
+        # vLLM identifies the image by this digest instead of hashing its pixels
+        identity.tag(image, identity.digest(data, "image", image.device.type, tuple(image.shape),
+                                            self.rgba_background_color))
         return MediaWithBytes(image, data)
 
 

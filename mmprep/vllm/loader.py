@@ -18,6 +18,7 @@ import torch
 from ..device import parse_device
 from ..probe import StreamInfo
 from ..video import decode_video
+from . import identity
 
 __all__ = ["SAMPLERS", "OPTIONS", "make_loader", "sample_like_vllm"]
 
@@ -115,6 +116,9 @@ def make_loader(base: type, sampler: str) -> type:
                 frames = frames.numpy()
             elif frames_on == "host":
                 frames = frames.cpu().numpy()
+            else:  # GPU frames: vLLM identifies them by this digest instead of hashing pixels
+                identity.tag(frames, identity.digest(data, "video", sampler, video.indices, video.backend,
+                                                     video.rotation, tuple(frames.shape)))
             source = cls._prepare_source(VideoSourceMetadata(video.total_frames, video.fps, video.duration))
             meta = cls.create_hf_metadata(
                 source=source, valid_frame_indices=list(video.indices), video_backend=f"mmprep{suffix}"

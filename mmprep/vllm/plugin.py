@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-
-
-from vllm.logger import init_logger
 import threading
 
 import torch
+from vllm.logger import init_logger
 
 from .. import kernels, memory
 from . import CONNECTOR_NAME, LOADER_NAME

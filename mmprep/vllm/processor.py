@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import copy
 import importlib
-
-
-from vllm.logger import init_logger
 import sys
 import threading
 from dataclasses import dataclass, replace
@@ -27,7 +24,9 @@ from typing import Any, Callable
 
 import torch
 from transformers.feature_extraction_utils import BatchFeature
+from vllm.logger import init_logger
 
+from . import identity
 from .. import memory
 from ..config import settings
 from ..transforms.pipeline import patch_items
@@ -279,6 +278,21 @@ def _info_class(base: type) -> type:
     return MmprepProcessingInfo
 
 
+def _processor_class(base: type) -> type:
+    class MmprepMultiModalProcessor(base):  # type: ignore[misc, valid-type]
+        __doc__ = f"{base.__name__} that identifies mmprep-decoded media by digest, not by hashing pixels."
+
+        def _apply_hf_processor(self, inputs: Any, *args: Any, **kwargs: Any):
+            return super()._apply_hf_processor(identity.with_uuids(inputs), *args, **kwargs)
+
+        def _cached_apply_hf_processor(self, inputs: Any, *args: Any, **kwargs: Any):
+            return super()._cached_apply_hf_processor(identity.with_uuids(inputs), *args, **kwargs)
+
+    MmprepMultiModalProcessor.__name__ = MmprepMultiModalProcessor.__qualname__ = f"Mmprep{base.__name__}"
+    MmprepMultiModalProcessor._mmprep_base = base  # type: ignore[attr-defined]
+    return MmprepMultiModalProcessor
+
+
 def enabled() -> bool:
     """Whether the processor swap is on: ``MMPREP_PROCESSOR`` (auto = with mmprep's loader/connector on a GPU)."""
     mode = settings().processor
@@ -308,8 +322,11 @@ def install() -> list[str]:
         if not hasattr(fac.info, "_mmprep_base"):
             # What MULTIMODAL_REGISTRY.register_processor(...)(model_cls) does, without its
             # "overwritten" warning in every process: the same three factories, the info subclassed.
+            proc = fac.processor
+            if isinstance(proc, type) and hasattr(proc, "_cached_apply_hf_processor"):
+                proc = _processor_class(proc)
             model_cls._processor_factory = type(fac)(info=_info_class(fac.info), dummy_inputs=fac.dummy_inputs,
-                                                     processor=fac.processor)
+                                                     processor=proc)
         _installed.append(name)
     return list(_installed)
 
@@ -321,6 +338,7 @@ def uninstall() -> None:
         model_cls = getattr(importlib.import_module(module), cls_name)
         fac = model_cls.__dict__.get("_processor_factory")
         if fac is not None and hasattr(fac.info, "_mmprep_base"):
+            proc = getattr(fac.processor, "_mmprep_base", fac.processor)
             model_cls._processor_factory = type(fac)(info=fac.info._mmprep_base, dummy_inputs=fac.dummy_inputs,
-                                                     processor=fac.processor)
+                                                     processor=proc)
         _installed.remove(name)
