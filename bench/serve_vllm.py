@@ -4,9 +4,13 @@ Arms (one server each, run one after another in one call):
   opencv   vLLM's default: OpenCV decode, PIL images, HF processor on the API server's CPU.
   mmprep   VLLM_VIDEO_LOADER_BACKEND=mmprep + VLLM_MEDIA_CONNECTOR=mmprep: NVDEC/nvJPEG decode and
            the processor's pixel work on the GPU (mmprep's processor hook, on by default with these).
+  mmprep-workers  the same, decoding in ``mmprep.service`` worker processes (``MMPREP_WORKERS``).
   ceiling  vLLM's default with the processor cache on: each clip is sent once with a uuid, then the
            timed requests send only the uuid, so no fetch, decode or processing runs; the engine still
            runs the vision encoder and the prefill. What the engine serves when media cost nothing.
+           vLLM 0.26 refuses uuid-only items: there the timed requests send url + uuid, so the clip is
+           still fetched and decoded with OpenCV on the CPU, but the processor's work comes from the
+           cache. Images: two sets of 4 JPEGs cycled, processor outputs cached (PIL still decodes).
 Per server: video load (req/s, p50/p99, server-tree and API-server CPU-ms per request, GPU memory),
 concurrency-1 latency (max_tokens=1: time to first token), an image load (4 JPEGs per request), bad
 media (each must get HTTP 400 and the server keep serving), first-token logprobs of a PNG request.
@@ -79,17 +83,30 @@ def _cpu(procs) -> float:
     return total
 
 
-def cpu_split(pid: int) -> tuple[float, float]:
-    """(CPU seconds of the whole server process tree, of the API-server process alone)."""
+def cpu_split(pid: int) -> tuple[float, float, dict[str, float]]:
+    """CPU seconds of the whole server process tree, of the API-server process(es), and per process name."""
     import psutil
 
     try:
         root = psutil.Process(pid)
         tree = [root] + root.children(recursive=True)
     except psutil.NoSuchProcess:
-        return 0.0, 0.0
+        return 0.0, 0.0, {}
     api = [p for p in tree if "APIServer" in " ".join(_name(p))] or [root]
-    return _cpu(tree), _cpu(api)
+    by_name: dict[str, float] = {}
+    for p in tree:
+        key = (_name(p) or ["?"])[0]
+        by_name[key] = by_name.get(key, 0.0) + _cpu([p])
+    return _cpu(tree), _cpu(api), by_name
+
+
+def cpu_per_req(before: tuple, after: tuple, ok: int) -> dict:
+    """Server CPU-ms per answered request between two ``cpu_split`` readings: tree, API server, by process."""
+    n = max(ok, 1)
+    return {"server_cpu_ms_per_req": (after[0] - before[0]) * 1000 / n,
+            "api_server_cpu_ms_per_req": (after[1] - before[1]) * 1000 / n,
+            "cpu_ms_per_req_by_process": {k: round((v - before[2].get(k, 0.0)) * 1000 / n, 1)
+                                          for k, v in after[2].items()}}
 
 
 def _name(p) -> list[str]:
@@ -213,10 +230,12 @@ def server_cmd(a, arm: str) -> tuple[list[str], dict]:
            "--no-enable-prefix-caching", "--max-logprobs", "5"]
     if a.enforce_eager:
         cmd.append("--enforce-eager")
-    if arm == "mmprep":
+    if arm.startswith("mmprep"):
         env["VLLM_VIDEO_LOADER_BACKEND"] = "mmprep"
         env["VLLM_MEDIA_CONNECTOR"] = "mmprep"
         cmd += ["--media-io-kwargs", json.dumps({"video": {"device": a.decode_device}})]
+    if arm == "mmprep-workers":
+        env["MMPREP_WORKERS"] = str(a.workers)
     return cmd + a.extra, env
 
 
@@ -250,8 +269,7 @@ def run_arm(arm: str, a, media: dict[str, list[Path]]) -> dict:
                 cpu0 = cpu_split(proc.pid)
                 r = asyncio.run(load(url, timed, a.concurrency))
                 cpu1 = cpu_split(proc.pid)
-            r["server_cpu_ms_per_req"] = (cpu1[0] - cpu0[0]) * 1000 / max(r["ok"], 1)
-            r["api_server_cpu_ms_per_req"] = (cpu1[1] - cpu0[1]) * 1000 / max(r["ok"], 1)
+            r.update(cpu_per_req(cpu0, cpu1, r["ok"]))
             r["gpu_mem_mib"] = gpu_mem_mib()
             res["video"] = r
             print(f"[{arm}] video {json.dumps({k: v for k, v in r.items() if k != 'logprobs'})}", flush=True)
@@ -259,16 +277,17 @@ def run_arm(arm: str, a, media: dict[str, list[Path]]) -> dict:
                 one = [[video_part(vids[i % len(vids)])] for i in range(a.ttft_requests)]
                 res["video_c1"] = asyncio.run(load(url, one, 1))
                 print(f"[{arm}] c1 p50 {res['video_c1']['p50_s']}", flush=True)
-                bodies = [[image_part(imgs[(4 * i + j) % len(imgs)]) for j in range(4)] for i in range(a.image_requests)]
-                asyncio.run(load(url, bodies[:4], a.concurrency))
-                cpu0 = cpu_split(proc.pid)
-                r = asyncio.run(load(url, bodies, a.concurrency))
-                cpu1 = cpu_split(proc.pid)
-                r["server_cpu_ms_per_req"] = (cpu1[0] - cpu0[0]) * 1000 / max(r["ok"], 1)
-                r["api_server_cpu_ms_per_req"] = (cpu1[1] - cpu0[1]) * 1000 / max(r["ok"], 1)
-                res["image"] = r
-                print(f"[{arm}] image {r['req_per_s']:.2f} req/s", flush=True)
-                bad = [[video_part(p)] for p in media["bad"]] + [[video_part(vids[0])]] * 2
+            # Images: 4 per request, two sets of 4 cycled (the ceiling's cache holds both after the warm-up).
+            bodies = [[image_part(imgs[(4 * i + j) % len(imgs)]) for j in range(4)] for i in range(a.image_requests)]
+            asyncio.run(load(url, bodies[:4], a.concurrency))
+            cpu0 = cpu_split(proc.pid)
+            r = asyncio.run(load(url, bodies, a.concurrency))
+            cpu1 = cpu_split(proc.pid)
+            r.update(cpu_per_req(cpu0, cpu1, r["ok"]))
+            res["image"] = r
+            print(f"[{arm}] image {r['req_per_s']:.2f} req/s", flush=True)
+            if arm != "ceiling":
+                bad = [[video_part(p)] for p in media["bad"]] + [[video_part(vids[0])]] * 2  # a mix: 4 bad, 2 good
                 res["bad_media"] = asyncio.run(load(url, bad, 4))
                 print(f"[{arm}] bad media statuses {res['bad_media']['statuses']}", flush=True)
                 res["png_logprobs"] = asyncio.run(load(url, [[image_part(media["png"][0])]], 1,
@@ -310,11 +329,12 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=8)
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--ttft-requests", type=int, default=6)
-    ap.add_argument("--image-requests", type=int, default=48)
+    ap.add_argument("--image-requests", type=int, default=32)
     ap.add_argument("--max-model-len", type=int, default=16384)
     ap.add_argument("--max-num-seqs", type=int, default=32)
     ap.add_argument("--gpu-mem", type=float, default=0.7)
     ap.add_argument("--decode-device", default="auto")
+    ap.add_argument("--workers", type=int, default=1, help="MMPREP_WORKERS (per GPU) for the mmprep-workers arm")
     ap.add_argument("--no-enforce-eager", dest="enforce_eager", action="store_false")
     ap.add_argument("--port", type=int, default=8011)
     ap.add_argument("--ready-timeout", type=float, default=420)
@@ -324,11 +344,13 @@ def main() -> None:
     a = ap.parse_args()
     a.extra = [x for x in a.extra if x != "--"]
     media = make_media(a.media_dir, a.clips)
-    results = [run_arm(arm, a, media) for arm in a.arms.split(",")]
-    if a.out:
-        p = Path(a.out)
-        old = json.loads(p.read_text()) if p.exists() else []
-        p.write_text(json.dumps(old + results, indent=1))
+    results = []
+    for arm in a.arms.split(","):
+        results.append(run_arm(arm, a, media))
+        if a.out:  # after every arm: a call cut short keeps what it measured
+            p = Path(a.out)
+            old = json.loads(p.read_text()) if p.exists() else []
+            p.write_text(json.dumps(old + results[-1:], indent=1))
     print(table(results))
 
 

@@ -2,7 +2,9 @@
 
 CI runs a few hundred mutations on the CPU. ``MMPREP_FUZZ=N`` runs N per seed set instead, and
 ``MMPREP_FUZZ_DEVICE=cuda`` decodes on NVDEC/nvJPEG (the GPU machine); decoder sessions and GPU
-memory must return to where they were.
+memory must return to where they were. ``MMPREP_FUZZ_TRACE=DIR`` writes each input to
+``DIR/<seed>.last`` before decoding it (removed when the seed set finishes), so that an input that
+kills the process (a crash inside a native decoder) is left behind to study.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from .images import encode, jpeg, pattern
 
 N = int(os.environ.get("MMPREP_FUZZ", "150"))
 DEVICE = os.environ.get("MMPREP_FUZZ_DEVICE", "cpu")
+TRACE = os.environ.get("MMPREP_FUZZ_TRACE")
 
 
 def seeds() -> dict[str, tuple[str, bytes]]:
@@ -77,8 +80,13 @@ def test_damaged_media_raise_only_media_errors(name):
     mem0 = _gpu_mem()
     rng = np.random.default_rng(sum(map(ord, name)))
     outcomes: collections.Counter[str] = collections.Counter()
+    trace = os.path.join(TRACE, f"{name}.last") if TRACE else None
     for i in range(N):
         kind, bad = mutate(data, rng)
+        if trace:
+            os.makedirs(TRACE, exist_ok=True)
+            with open(trace, "wb") as f:
+                f.write(bad)
         try:
             decode(modality, bad)
             outcomes["ok"] += 1
@@ -86,6 +94,8 @@ def test_damaged_media_raise_only_media_errors(name):
             outcomes[type(e).__name__] += 1
         except Exception as e:  # noqa: BLE001 - the point of the test
             pytest.fail(f"mutation {i} ({kind}, {len(bad)} bytes) of {name} raised {type(e).__name__}: {e}")
+    if trace and os.path.exists(trace):
+        os.remove(trace)
     report("fuzz", seed=name, device=DEVICE, n=N, **outcomes)
     assert sum(outcomes.values()) == N
     assert _gpu_mem() <= mem0  # nothing left behind (it may drop: the seed's last buffers are freed)

@@ -1,0 +1,135 @@
+"""Scaling of video preprocessing with the GPU count: one Python process vs ``mmprep.service`` workers.
+
+Workload: 10 s 1080p H.264 bytes (GOP 250, B-frames) -> 32 sampled frames -> Qwen2-VL
+``pixel_values_videos`` (bfloat16) on a GPU, 16 caller threads per GPU.
+  in-process   ``decode_video`` + ``preprocess`` in this process, videos spread over the GPUs
+  service      ``MediaService(gpus=..., workers_per_gpu=W).preprocess_video``: the caller sends bytes,
+               opens the result over CUDA IPC
+Per arm: videos/s, caller CPU-ms per video (this process, all threads), worker CPU-ms per video.
+
+    python3 bench/service_scaling.py --out $OUT/service_scaling.json [--gpus 1,2] [--workers 1,2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+
+def _children_cpu() -> float:
+    import psutil
+
+    total = 0.0
+    for p in psutil.Process().children(recursive=True):
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def drive(fn, data: bytes, threads: int, videos: int) -> dict:
+    """Run ``fn(data)`` ``videos`` times from ``threads`` threads; rate and CPU split."""
+    left = [videos]
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        while True:
+            with lock:
+                if left[0] <= 0:
+                    return
+                left[0] -= 1
+            try:
+                fn(data)
+            except BaseException as e:  # noqa: BLE001
+                errors.append(e)
+                return
+
+    fn(data)  # warm: sessions, kernels, CUDA contexts
+    c0, k0, t0 = time.process_time(), _children_cpu(), time.perf_counter()
+    ts = [threading.Thread(target=work) for _ in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    torch.cuda.synchronize()
+    wall = time.perf_counter() - t0
+    if errors:
+        raise errors[0]
+    return {"videos": videos, "wall_s": wall, "videos_per_s": videos / wall,
+            "caller_cpu_ms_per_video": 1000 * (time.process_time() - c0) / videos,
+            "worker_cpu_ms_per_video": 1000 * (_children_cpu() - k0) / videos}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--gpus", default=None, help="GPU counts to try, e.g. 1,2 (default: 1 and all)")
+    ap.add_argument("--workers", default="1,2", help="workers per GPU to try")
+    ap.add_argument("--threads-per-gpu", type=int, default=16)
+    ap.add_argument("--videos-per-gpu", type=int, default=96)
+    ap.add_argument("--clip", default="h264_1080p_gop250")
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args()
+
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    import mmprep
+    from bench.media import clip_path
+    from bench.util import kernels_ready, sample32
+    from mmprep.service import MediaService
+
+    kernels_ready()
+    n_all = torch.cuda.device_count()
+    counts = [int(x) for x in a.gpus.split(",")] if a.gpus else sorted({1, n_all})
+    data = clip_path(a.clip).read_bytes()
+    total = mmprep.decode_video(data, indices=[0], device="cpu").total_frames
+    idx = sample32(total)
+    kw = {"profile": "qwen2_vl", "dtype": torch.bfloat16}
+    results = []
+    for n in counts:
+        gpus = list(range(n))
+        turn = iter(range(1 << 60))
+
+        def in_process(d: bytes) -> None:
+            dev = f"cuda:{gpus[next(turn) % n]}"
+            v = mmprep.decode_video(d, indices=idx, device=dev)
+            mmprep.preprocess(videos=[v], device=v.frames.device, **kw)
+
+        r = drive(in_process, data, a.threads_per_gpu * n, a.videos_per_gpu * n)
+        results.append({"arm": "in-process", "gpus": n, "workers_per_gpu": 0, **r})
+        print(json.dumps(results[-1]), flush=True)
+        for w in [int(x) for x in a.workers.split(",")]:
+            with MediaService(gpus=gpus, workers_per_gpu=w) as svc:
+                def served(d: bytes) -> None:
+                    out = svc.preprocess_video(d, decode={"indices": idx}, **kw)
+                    assert out["pixel_values_videos"].is_cuda
+
+                r = drive(served, data, a.threads_per_gpu * n, a.videos_per_gpu * n)
+            results.append({"arm": "service", "gpus": n, "workers_per_gpu": w, **r})
+            print(json.dumps(results[-1]), flush=True)
+    meta = {"date": time.strftime("%Y-%m-%d"), "device": torch.cuda.get_device_name(0), "gpus_visible": n_all,
+            "clip": a.clip, "frames": len(idx), "threads_per_gpu": a.threads_per_gpu, "torch": torch.__version__}
+    rows = ["| arm | GPUs | workers/GPU | videos/s | x one GPU | caller CPU-ms/video | worker CPU-ms/video |",
+            "|---|---|---|---|---|---|---|"]
+    base = {(r["arm"], r["workers_per_gpu"]): r["videos_per_s"] for r in results if r["gpus"] == counts[0]}
+    for r in results:
+        one = base.get((r["arm"], r["workers_per_gpu"]), r["videos_per_s"])
+        rows.append(f"| {r['arm']} | {r['gpus']} | {r['workers_per_gpu'] or '-'} | {r['videos_per_s']:.1f} | "
+                    f"{r['videos_per_s'] / one:.2f} | {r['caller_cpu_ms_per_video']:.0f} | {r['worker_cpu_ms_per_video']:.0f} |")
+    print("\n".join(rows))
+    if a.out:
+        Path(a.out).write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+        Path(a.out).with_suffix(".md").write_text(
+            f"# mmprep.service scaling, {meta['date']}, {meta['device']} x{n_all}\n\n" + "\n".join(rows) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""The media service with GPU workers: NVDEC + kernels in the worker, results opened here over CUDA IPC."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+import torch
+
+import mmprep
+from mmprep.service import MediaService, WorkerCrashedError
+
+from .helpers import clip
+from .hostile import payload_zeroed
+
+pytestmark = pytest.mark.gpu
+
+if not torch.cuda.is_available():
+    pytest.skip("needs CUDA", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def service():
+    with MediaService(gpus=list(range(min(2, torch.cuda.device_count()))), hang_timeout=60) as s:
+        yield s
+
+
+def test_gpu_results_equal_in_process_and_stay_on_the_gpu(service):
+    data = clip("h264", width=320, height=240, frames=48, fps=24, gop=12)
+    v = service.decode_video(data, num_frames=6, gpu=0)
+    ref = mmprep.decode_video(data, num_frames=6, device="cuda:0")
+    assert v.frames.is_cuda and v.frames.device.index == 0 and v.backend == ref.backend == "nvdec"
+    assert torch.equal(v.frames, ref.frames) and v.indices == ref.indices and v.timestamps == ref.timestamps
+    out = service.preprocess_video(data, gpu=0, decode={"num_frames": 4}, profile="qwen2_vl", dtype=torch.bfloat16)
+    want = mmprep.preprocess(videos=[mmprep.decode_video(data, num_frames=4, device="cuda:0")], device="cuda:0",
+                             profile="qwen2_vl", dtype=torch.bfloat16)
+    assert out.keys() == want.keys()
+    for k in want:
+        assert out[k].device == want[k].device and torch.equal(out[k], want[k]), k
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_results_come_back_on_the_gpu_asked_for(service):
+    data = clip("h264", width=320, height=240, frames=24, fps=24, gop=12)
+    v = service.decode_video(data, num_frames=3, gpu=1)
+    assert v.frames.device.index == 1
+    assert torch.equal(v.frames.cpu(), mmprep.decode_video(data, num_frames=3, device="cuda:1").frames.cpu())
+    assert next(w for w in service.stats()["workers"] if w["device"] == "cuda:1")["served"] >= 1
+
+
+def test_bad_media_and_a_killed_gpu_worker(service):
+    good = clip("h264", width=320, height=240, frames=24, fps=24, gop=12)
+    for bad in (b"", good[: len(good) // 3], payload_zeroed(good)):  # the last passes the probe, fails in NVDEC
+        with pytest.raises(mmprep.MediaError):
+            service.decode_video(bad, num_frames=4, gpu=0)
+    assert service.decode_video(good, num_frames=2, gpu=0).frames.is_cuda  # the worker lives
+    w0 = next(w for w in service.stats()["workers"] if w["device"] == "cuda:0")
+    fut_err: list[BaseException] = []
+    t = threading.Thread(target=lambda: _catch(fut_err, lambda: service.ping(delay=5, gpu=0)))
+    t.start()
+    time.sleep(1)
+    os.kill(w0["pid"], signal.SIGKILL)
+    t.join(60)
+    assert fut_err and isinstance(fut_err[0], WorkerCrashedError)
+    v = service.decode_video(good, num_frames=2, gpu=0)  # the replacement decodes on the same GPU
+    assert v.frames.is_cuda and v.frames.device.index == 0
+    assert next(w for w in service.stats()["workers"] if w["device"] == "cuda:0")["restarts"] >= 1
+
+
+def _catch(out: list, fn) -> None:
+    try:
+        fn()
+    except BaseException as e:  # noqa: BLE001
+        out.append(e)
