@@ -112,3 +112,27 @@ def _gpu_mem() -> int:
 
     torch.cuda.synchronize()
     return torch.cuda.memory_allocated()
+
+
+def mutation(name: str, i: int) -> bytes:
+    """The ``i``-th mutation the test above makes of seed ``name`` (same seed, same sequence)."""
+    _, data = seeds()[name]
+    rng = np.random.default_rng(sum(map(ord, name)))
+    for _ in range(i + 1):
+        _, bad = mutate(data, rng)
+    return bad
+
+
+@pytest.mark.gpu
+def test_nvdec_demuxer_disagreement_is_a_media_error():
+    """Found by the GPU fuzz (2026-11-28): zeroed bytes make NVDEC's demuxer and the probe disagree on a
+    key-frame flag; that escaped as an internal error. Now: NVDEC refuses (UnsupportedCodecError) and
+    ``auto`` hands the stream to the CPU decoder, which judges the damage."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    bad = mutation("h264_mp4", 68)
+    for device in ("cuda", "auto"):
+        with pytest.raises(mmprep.MediaError):
+            mmprep.decode_video(bad, num_frames=4, device=device)

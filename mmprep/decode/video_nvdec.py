@@ -132,7 +132,8 @@ class BytesReader:
 
 
 class _DemuxMismatch(RuntimeError):
-    """PyNvVideoCodec's demuxer and the PyAV probe disagree on the packet sequence (a bug, not bad media)."""
+    """PyNvVideoCodec's demuxer and the PyAV probe disagree on the packet sequence (e.g. a damaged file):
+    NVDEC cannot be fed by the plan, so ``decode_nvdec`` reports the stream as one for the CPU decoder."""
 
 
 class _StaleSurface(RuntimeError):
@@ -180,6 +181,9 @@ def decode_nvdec(data: bytes, probe: Probe, plan: DecodePlan, count: int, *, gpu
         raise UnsupportedCodecError(reason)
     try:
         return _decode(data, probe, plan, count, gpu, exact=not _reuse_across_sizes)
+    except _DemuxMismatch as e:  # seen on damaged files (GPU fuzz, 2026-11-28): the CPU decoder follows the probe
+        raise UnsupportedCodecError(f"NVDEC's demuxer reads this {probe.stream.codec} stream differently from "
+                                    f"its container index ({e}); decode it on the CPU") from e
     except _StaleSurface as e:
         if not _reuse_across_sizes:
             raise CorruptMediaError(f"NVDEC {probe.stream.codec}: {e}") from e

@@ -64,16 +64,18 @@ class MediaService:
 
     ``gpus``: GPU ordinals to run workers on (default: every visible GPU; none when CUDA is absent);
     ``workers_per_gpu`` workers each. ``cpu_workers``: CPU workers (PyAV + torch), used when there are no
-    GPU workers (default 2 then, 0 otherwise). ``queue_depth``: requests queued per worker.
+    GPU workers (default 2 then, 0 otherwise). ``threads``: requests each worker runs at once (NVDEC has
+    several engines per GPU, and decode overlaps the kernels); ``queue_depth``: requests in flight per worker.
     """
 
     def __init__(self, *, gpus: list[int] | None = None, workers_per_gpu: int = 1, cpu_workers: int | None = None,
-                 queue_depth: int = 8, submit_timeout: float = 60.0, hang_timeout: float = 120.0,
+                 threads: int = 8, queue_depth: int = 16, submit_timeout: float = 60.0, hang_timeout: float = 120.0,
                  start_timeout: float = 300.0, lease_timeout: float = 60.0) -> None:
         if gpus is None:
             gpus = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-        if workers_per_gpu < 1 or queue_depth < 1:
-            raise ValueError(f"workers_per_gpu and queue_depth must be >= 1, got {workers_per_gpu}, {queue_depth}")
+        if workers_per_gpu < 1 or queue_depth < 1 or threads < 1:
+            raise ValueError(f"workers_per_gpu, threads and queue_depth must be >= 1, got {workers_per_gpu}, "
+                             f"{threads}, {queue_depth}")
         if cpu_workers is None:
             cpu_workers = 0 if gpus else 2
         devices = [f"cuda:{g}" for g in gpus for _ in range(workers_per_gpu)] + ["cpu"] * cpu_workers
@@ -81,7 +83,7 @@ class MediaService:
             raise ValueError("the service needs at least one worker: pass gpus or cpu_workers > 0")
         self._workers = [_Worker(i, d) for i, d in enumerate(devices)]
         self.queue_depth, self.submit_timeout, self.hang_timeout = queue_depth, submit_timeout, hang_timeout
-        self.start_timeout, self.lease_timeout = start_timeout, lease_timeout
+        self.start_timeout, self.lease_timeout, self.threads = start_timeout, lease_timeout, threads
         self._ctx = None
         self._responses = None
         self._lock = threading.Lock()
@@ -160,9 +162,10 @@ class MediaService:
         return self._call("preprocess_video", source, {"decode": decode or {}, "preprocess": preprocess}, gpu, timeout)
 
     def ping(self, *, delay: float = 0.0, gpu: int | None = None, timeout: float | None = None,
-             worker: int | None = None) -> bool:
-        """Round trip to a worker (after ``delay`` seconds there): health checks and tests."""
-        return self._call("ping", None, {"delay": delay}, gpu, timeout, worker=worker)["pong"]
+             worker: int | None = None) -> int:
+        """Round trip to a worker (answered after ``delay`` seconds there): health checks and tests.
+        Returns the most requests that worker had running at once while this one ran (>= 1)."""
+        return self._call("ping", None, {"delay": delay}, gpu, timeout, worker=worker)["concurrent"]
 
     def _call(self, op: str, source: Source | None, options: dict[str, Any], gpu: int | None,
               timeout: float | None, worker: int | None = None) -> dict[str, Any]:
@@ -213,7 +216,7 @@ class MediaService:
         w.ready.clear()
         w.requests = self._ctx.Queue()
         w.process = self._ctx.Process(target=_worker.main, args=(w.index, w.device, w.requests, self._responses,
-                                                                  self.lease_timeout),
+                                                                  self.lease_timeout, self.threads),
                                       name=f"mmprep-worker-{w.index}", daemon=True)
         w.process.start()
 

@@ -7,13 +7,18 @@ through torch's shared memory. Bad media come back as the ``MediaError`` subclas
 
 from __future__ import annotations
 
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
 
 OPS = ("decode_video", "preprocess_video", "ping")
 """What a worker does: decode a video, decode + preprocess it, or answer (after ``delay`` seconds)."""
+
+_running = [0, 0]  # requests running now, the most seen at once during the current ping
+_running_lock = threading.Lock()
 
 
 def _export(t: torch.Tensor, lease_timeout: float) -> Any:
@@ -34,8 +39,11 @@ def run_op(op: str, data: bytes, device: str, options: dict[str, Any], lease_tim
     import mmprep
 
     if op == "ping":
+        with _running_lock:
+            _running[1] = _running[0]
         time.sleep(float(options.get("delay", 0.0)))
-        return {"pong": True}
+        with _running_lock:
+            return {"concurrent": max(_running[1], _running[0])}
     decode = dict(options.get("decode", {}))
     video = mmprep.decode_video(data, device=device, **decode)
     if op == "decode_video":
@@ -45,8 +53,8 @@ def run_op(op: str, data: bytes, device: str, options: dict[str, Any], lease_tim
     return {k: _export(v, lease_timeout) for k, v in out.items()}
 
 
-def main(index: int, device: str, requests, responses, lease_timeout: float) -> None:
-    """Worker loop: warm up, say ready, then serve requests until a ``None`` arrives."""
+def main(index: int, device: str, requests, responses, lease_timeout: float, threads: int = 8) -> None:
+    """Worker loop: warm up, say ready, then run requests on ``threads`` threads until a ``None`` arrives."""
     import mmprep
     from mmprep.errors import MediaError
 
@@ -57,11 +65,11 @@ def main(index: int, device: str, requests, responses, lease_timeout: float) -> 
         kernels.fused(wait=True)  # built once per machine (cached on disk), loaded per worker
     responses.put(("ready", "ready", index, None))
     del mmprep
-    while True:
-        msg = requests.get()
-        if msg is None:
-            return
-        rid, op, data, options = msg
+
+    def serve(rid, op, data, options) -> None:
+        with _running_lock:
+            _running[0] += 1
+            _running[1] = max(_running[1], _running[0])
         try:
             if op not in OPS:
                 raise ValueError(f"op must be one of {', '.join(OPS)}, got {op!r}")
@@ -72,3 +80,13 @@ def main(index: int, device: str, requests, responses, lease_timeout: float) -> 
             responses.put((rid, "media_error", index, (type(e).__name__, str(e))))
         except Exception as e:  # noqa: BLE001 - reported to the caller, the worker lives on
             responses.put((rid, "error", index, (type(e).__name__, str(e))))
+        finally:
+            with _running_lock:
+                _running[0] -= 1
+
+    with ThreadPoolExecutor(threads, thread_name_prefix=f"mmprep-worker-{index}") as pool:
+        while True:
+            msg = requests.get()
+            if msg is None:
+                return
+            pool.submit(serve, *msg)
