@@ -16,6 +16,7 @@ concurrency-1 latency (max_tokens=1: time to first token), an image load (4 JPEG
 media (each must get HTTP 400 and the server keep serving), first-token logprobs of a PNG request.
 
     python3 bench/serve_vllm.py --model /tmp/qwen2vl2b --out $OUT/serve.json [-- <vllm serve flags>]
+    python3 bench/serve_vllm.py report serve.json --md serve.md --png serve.png
 """
 
 from __future__ import annotations
@@ -317,7 +318,55 @@ def table(results: list[dict]) -> str:
     return "\n".join(rows)
 
 
+def plot(results: list[dict], path: str, title: str) -> None:
+    """Bar chart per arm: video and image req/s, and the server's CPU-ms per video request."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in results if "failed" not in r]
+    names = [r["arm"] + r["tag"] for r in ok]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    x = range(len(ok))
+    ax1.bar([i - 0.2 for i in x], [r["video"]["req_per_s"] for r in ok], 0.4, label="video (10 s 1080p)")
+    ax1.bar([i + 0.2 for i in x], [r.get("image", {}).get("req_per_s", 0) for r in ok], 0.4, label="images (4 x 1080p)")
+    ax1.set_xticks(list(x), names)
+    ax1.set_ylabel("requests/s")
+    ax1.legend()
+    api = [r["video"]["api_server_cpu_ms_per_req"] for r in ok]
+    rest = [r["video"]["server_cpu_ms_per_req"] - a for r, a in zip(ok, api)]
+    ax2.bar(list(x), api, label="API server")
+    ax2.bar(list(x), rest, bottom=api, label="engine and other processes")
+    ax2.set_xticks(list(x), names)
+    ax2.set_ylabel("server CPU-ms per video request")
+    ax2.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def report(json_path: str, md_path: str | None, png_path: str | None) -> None:
+    """Markdown table (and a plot) from a results JSON: a list of arms, or {"meta": ..., "results": [...]}."""
+    d = json.loads(Path(json_path).read_text())
+    meta, results = (d.get("meta", {}), d["results"]) if isinstance(d, dict) else ({}, d)
+    head = f"# vLLM serving, {meta.get('date', '?')}, {meta.get('device', '?')}, vLLM {meta.get('vllm', '?')}\n\n"
+    text = head + (meta.get("workload", "") + "\n\n" if meta else "") + table(results) + "\n"
+    if md_path:
+        Path(md_path).write_text(text)
+    if png_path:
+        plot(results, png_path, f"vLLM {meta.get('vllm', '?')} serving, {meta.get('device', '?')}")
+    print(text)
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["report"]:
+        rp = argparse.ArgumentParser(description="table and plot from a results JSON")
+        rp.add_argument("json")
+        rp.add_argument("--md")
+        rp.add_argument("--png")
+        r = rp.parse_args(sys.argv[2:])
+        return report(r.json, r.md, r.png)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True)
     ap.add_argument("--arms", default="ceiling,opencv,mmprep")
