@@ -75,3 +75,23 @@ def _catch(out: list, fn) -> None:
         fn()
     except BaseException as e:  # noqa: BLE001
         out.append(e)
+
+
+def test_host_service_hands_gpu_frames_straight_from_the_worker():
+    """The host's service (another process) answers with mmprep.ipc handles this process opens directly."""
+    from mmprep.service.host import attach
+
+    address = f"/tmp/mmprep-gpu-test-{os.getpid()}-{time.monotonic_ns()}.sock"
+    client = attach(address, gpus=[0])
+    try:
+        data = clip("h264", width=320, height=240, frames=24, fps=24, gop=12)
+        v = client.decode_video(data, num_frames=4, gpu=0)
+        assert v.frames.is_cuda and v.frames.device.index == 0
+        assert torch.equal(v.frames, mmprep.decode_video(data, num_frames=4, device="cuda:0").frames)
+        out = client.preprocess_video(data, decode={"num_frames": 4}, profile="qwen2_vl", dtype=torch.bfloat16)
+        assert out["pixel_values_videos"].is_cuda
+    finally:
+        os.kill(client.stats()["pid"], signal.SIGTERM)
+        for suffix in (".key", ".lock", ".log"):
+            if os.path.exists(address + suffix):
+                os.unlink(address + suffix)

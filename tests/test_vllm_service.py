@@ -55,3 +55,31 @@ def test_bad_media_through_service_are_media_errors(loaders):
 def test_shared_service_is_off_by_default():
     service.set_shared(None)
     assert service.shared() is None
+
+
+def test_loader_through_the_host_service(loaders, tmp_path):
+    """``MMPREP_SERVICE``: the loader's vLLM sampler is pickled to the host's service and run in its worker."""
+    import os
+    import signal
+    import time
+
+    from mmprep.service.host import attach
+
+    reg, _ = loaders
+    address = f"/tmp/mmprep-vllm-test-{os.getpid()}-{time.monotonic_ns()}.sock"
+    host = attach(address, cpu_workers=1)
+    try:
+        data = clip("h264", width=320, height=240, frames=60, fps=20, gop=20)
+        loader = reg.load("mmprep_qwen2_vl")
+        service.set_shared(None)
+        ref, ref_meta = loader.load_bytes(data, device="cpu")
+        service.set_shared(host)
+        frames, meta = loader.load_bytes(data, device="cpu")
+        assert meta == ref_meta and np.array_equal(frames, ref)
+        assert sum(w["served"] for w in host.stats()["workers"]) == 1
+    finally:
+        service.set_shared(None)
+        os.kill(host.stats()["pid"], signal.SIGTERM)
+        for suffix in (".key", ".lock", ".log"):
+            if os.path.exists(address + suffix):
+                os.unlink(address + suffix)

@@ -2,42 +2,50 @@
 
 ``MediaService`` starts workers (one per visible GPU by default, or CPU workers), sends them bytes
 through shared memory and returns ``Video`` objects and preprocess outputs whose GPU tensors stay on
-the worker's GPU, opened here through ``mmprep.ipc``. The core never imports this package.
+the worker's GPU, opened here through ``mmprep.ipc``. ``host.attach()`` gives the same requests
+against one service per host, shared by every process. The core never imports this package.
 """
 
 import threading
 
-from .pool import MediaService, ServiceBusyError, ServiceError, WorkerCrashedError
+from .pool import MediaService, ServiceApi, ServiceBusyError, ServiceError, WorkerCrashedError
 
-__all__ = ["MediaService", "ServiceError", "WorkerCrashedError", "ServiceBusyError", "shared", "set_shared"]
+__all__ = ["MediaService", "ServiceApi", "ServiceError", "WorkerCrashedError", "ServiceBusyError", "shared",
+           "set_shared"]
 
 _lock = threading.Lock()
-_shared: list[MediaService | None] = []  # [] = not decided yet
+_shared: list[ServiceApi | None] = []  # [] = not decided yet
 
 
-def shared() -> MediaService | None:
-    """The process-wide service integrations use (the vLLM plugin's loaders), or None to decode in-process.
+def shared() -> ServiceApi | None:
+    """The service integrations use (the vLLM plugin's loaders), or None to decode in-process.
 
-    Started on first use when ``MMPREP_WORKERS`` > 0 (that many workers per GPU; CPU workers without CUDA),
-    unless ``set_shared`` installed one."""
+    When ``MMPREP_WORKERS`` > 0 (that many workers per GPU; CPU workers without CUDA): with
+    ``MMPREP_SERVICE`` set, the host's service (attached, started if none runs: every process shares
+    it, e.g. each of vLLM's API servers); else one started for this process. ``set_shared`` overrides."""
     if _shared:
         return _shared[0]
     from ..config import settings
 
     with _lock:
         if not _shared:
-            n = settings().workers
+            n, where = settings().workers, settings().service
             if n <= 0:
                 _shared.append(None)
             else:
                 import torch
 
                 gpu = torch.cuda.is_available()
-                _shared.append(MediaService(workers_per_gpu=n, cpu_workers=0 if gpu else n).start())
+                if where:
+                    from .host import attach, default_address
+
+                    _shared.append(attach(default_address(), workers_per_gpu=n, cpu_workers=0 if gpu else n))
+                else:
+                    _shared.append(MediaService(workers_per_gpu=n, cpu_workers=0 if gpu else n).start())
     return _shared[0]
 
 
-def set_shared(service: MediaService | None) -> None:
+def set_shared(service: ServiceApi | None) -> None:
     """Make ``service`` (started) the process-wide one; None: decode in-process. Returns nothing."""
     with _lock:
         _shared[:] = [service]

@@ -30,7 +30,7 @@ from ..config import settings
 from ..video import Video
 from . import worker as _worker
 
-__all__ = ["MediaService", "ServiceError", "WorkerCrashedError", "ServiceBusyError"]
+__all__ = ["ServiceApi", "MediaService", "ServiceError", "WorkerCrashedError", "ServiceBusyError"]
 
 logger = logging.getLogger("mmprep")
 
@@ -59,7 +59,37 @@ class _Worker:
     served: int = 0
 
 
-class MediaService:
+class ServiceApi:
+    """What callers ask of a media service, local (``MediaService``) or the host's (``host.attach``)."""
+
+    def decode_video(self, source: Source, *, gpu: int | None = None, timeout: float | None = None,
+                     **decode: Any) -> Video:
+        """``mmprep.decode_video`` in a worker (``device`` is the worker's); frames on that worker's GPU."""
+        if "device" in decode:
+            raise ValueError("device is chosen by the service: pass gpu=N (or nothing) instead")
+        r = self._call("decode_video", source, {"decode": decode}, gpu, timeout)
+        frames = r.pop("frames")
+        return Video(frames=frames, **r)
+
+    def preprocess_video(self, source: Source, *, gpu: int | None = None, timeout: float | None = None,
+                         decode: dict[str, Any] | None = None, **preprocess: Any) -> dict[str, torch.Tensor]:
+        """Decode + ``mmprep.preprocess(videos=[...], **preprocess)`` in a worker; the output tensors."""
+        if "device" in preprocess or "device" in (decode or {}):
+            raise ValueError("device is chosen by the service: pass gpu=N (or nothing) instead")
+        return self._call("preprocess_video", source, {"decode": decode or {}, "preprocess": preprocess}, gpu, timeout)
+
+    def ping(self, *, delay: float = 0.0, gpu: int | None = None, timeout: float | None = None,
+             worker: int | None = None) -> int:
+        """Round trip to a worker (answered after ``delay`` seconds there): health checks and tests.
+        Returns the most requests that worker had running at once while this one ran (>= 1)."""
+        return self._call("ping", None, {"delay": delay}, gpu, timeout, worker=worker)["concurrent"]
+
+    def _call(self, op: str, source: Source | None, options: dict[str, Any], gpu: int | None,
+              timeout: float | None, worker: int | None = None) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class MediaService(ServiceApi):
     """A pool of media worker processes; thread-safe, usable as a context manager.
 
     ``gpus``: GPU ordinals to run workers on (default: every visible GPU; none when CUDA is absent);
@@ -144,31 +174,10 @@ class MediaService:
                                  "inflight": len(w.inflight), "restarts": w.restarts, "served": w.served}
                                 for w in self._workers]}
 
-    # -- requests ---------------------------------------------------------------------------------
-    def decode_video(self, source: Source, *, gpu: int | None = None, timeout: float | None = None,
-                     **decode: Any) -> Video:
-        """``mmprep.decode_video`` in a worker (``device`` is the worker's); frames on that worker's GPU."""
-        if "device" in decode:
-            raise ValueError("device is chosen by the service: pass gpu=N (or nothing) instead")
-        r = self._call("decode_video", source, {"decode": decode}, gpu, timeout)
-        frames = r.pop("frames")
-        return Video(frames=frames, **r)
-
-    def preprocess_video(self, source: Source, *, gpu: int | None = None, timeout: float | None = None,
-                         decode: dict[str, Any] | None = None, **preprocess: Any) -> dict[str, torch.Tensor]:
-        """Decode + ``mmprep.preprocess(videos=[...], **preprocess)`` in a worker; the output tensors."""
-        if "device" in preprocess or "device" in (decode or {}):
-            raise ValueError("device is chosen by the service: pass gpu=N (or nothing) instead")
-        return self._call("preprocess_video", source, {"decode": decode or {}, "preprocess": preprocess}, gpu, timeout)
-
-    def ping(self, *, delay: float = 0.0, gpu: int | None = None, timeout: float | None = None,
-             worker: int | None = None) -> int:
-        """Round trip to a worker (answered after ``delay`` seconds there): health checks and tests.
-        Returns the most requests that worker had running at once while this one ran (>= 1)."""
-        return self._call("ping", None, {"delay": delay}, gpu, timeout, worker=worker)["concurrent"]
-
     def _call(self, op: str, source: Source | None, options: dict[str, Any], gpu: int | None,
-              timeout: float | None, worker: int | None = None) -> dict[str, Any]:
+              timeout: float | None, worker: int | None = None, opened: bool = True) -> dict[str, Any]:
+        """Run ``op`` on a worker; tensors come back opened here, or (``opened=False``) as the worker
+        exported them (``("cuda", mmprep.ipc.Handle)`` / ``("cpu", shared tensor)``), for forwarding."""
         if self._collector is None:
             raise ServiceError("the service is not started: call start() or use it as a context manager")
         data = None
@@ -187,7 +196,7 @@ class MediaService:
             raise cls(payload[1])
         if status == "error":
             raise ServiceError(f"worker {w.index} ({w.device}) failed: {payload[0]}: {payload[1]}")
-        return {k: _import(v) for k, v in payload.items()}
+        return {k: _import(v) for k, v in payload.items()} if opened else payload
 
     def _dispatch(self, rid, op, data, options, fut, gpu, worker) -> _Worker:
         if worker is not None:
