@@ -80,3 +80,19 @@ def fused(wait: bool = False) -> ModuleType | None:
         builder.join()
         return _loaded.get(_NAME)
     return None
+
+
+PATCHES, NCHW = 0, 1
+"""``layout`` of ``preprocess``: Qwen's flattened patches, or (N,3,H,W) with an optional crop."""
+
+
+def preprocess(kern: ModuleType, frames: torch.Tensor, out: torch.Tensor, *, height: int, width: int, layout: int,
+               norm_mode: int, mean: torch.Tensor, std: torch.Tensor, rescale: float,
+               weights: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], patch: int = 1, merge: int = 1,
+               temporal: int = 1, crop: tuple[int, int, int, int] = (0, 0, 0, 0)) -> None:
+    """The fused resize -> round -> rescale/normalize -> layout kernel of ``kern`` (from ``fused()``), by
+    keyword: uint8 (T,3,H,W) ``frames`` resized to ``height`` x ``width`` into ``out``. ``crop`` is
+    (top, left, height, width) for ``NCHW`` (zeros: none); ``weights`` = (wx, xspan, wy, yspan)."""
+    top, left, crop_h, crop_w = crop
+    kern.preprocess(frames, out, height, width, layout, patch, merge, temporal, top, left, crop_h, crop_w,
+                    norm_mode, mean, std, rescale, *weights)

@@ -74,11 +74,15 @@ class Probe:
         return any(p in cut for p, d in zip(self.pts, self.display_index) if d >= 0)
 
     def packet_of_frame(self) -> list[int]:
-        """Inverse of ``display_index``: the packet ordinal holding each display frame."""
-        inv = [0] * self.stream.num_frames
-        for p, d in enumerate(self.display_index):
-            if d >= 0:
-                inv[d] = p
+        """Inverse of ``display_index``: the packet ordinal holding each display frame (computed once;
+        the planner, both decoders and the timestamps all read it)."""
+        inv = self.__dict__.get("_packet_of_frame")
+        if inv is None:
+            inv = [0] * self.stream.num_frames
+            for p, d in enumerate(self.display_index):
+                if d >= 0:
+                    inv[d] = p
+            self.__dict__["_packet_of_frame"] = inv
         return inv
 
     def timestamp(self, packet: int) -> float:

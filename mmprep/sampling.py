@@ -64,12 +64,16 @@ class DecodePlan:
     frames are matched by their order (the n-th output frame is display frame n)."""
 
 
+def check_indices(indices: list[int], num_frames: int) -> None:
+    """``indices`` must be a non-empty list of display frames of a ``num_frames``-frame stream."""
+    bad = [i for i in indices if not 0 <= i < num_frames]
+    if bad or not indices:
+        raise ValueError(f"indices must be a non-empty list within [0, {num_frames - 1}], got {bad or indices}")
+
+
 def plan_decode(probe: Probe, indices: list[int]) -> DecodePlan:
     """Plan the minimal decode producing display frames ``indices`` (in that output order)."""
-    n = probe.stream.num_frames
-    for i in indices:
-        if not 0 <= i < n:
-            raise IndexError(f"frame index {i} out of range [0, {n - 1}]")
+    check_indices(indices, probe.stream.num_frames)
     pkt_of = probe.packet_of_frame()
     slots: dict[int, list[int]] = {}
     for pos, d in enumerate(indices):

@@ -114,14 +114,11 @@ def decode_video(
         if callable(indices):
             indices = indices(st)
         indices = [int(i) for i in indices]
-        bad = [i for i in indices if not 0 <= i < st.num_frames]
-        if bad or not indices:
-            raise ValueError(f"indices must be a non-empty list within [0, {st.num_frames - 1}], got {bad or indices}")
     if len(indices) > max_frames:
         raise TooManyFramesError(
             f"{len(indices)} frames would be returned, over max_frames={max_frames}; pass num_frames or fps"
         )
-    plan = plan_decode(info, indices)
+    plan = plan_decode(info, indices)  # checks the indices (check_indices)
     turn = st.rotation if apply_rotation else 0
 
     if kind == "cuda" and not nvdec_available():

@@ -107,9 +107,10 @@ def patch_items(frames_list: list[torch.Tensor], s: ImageSettings, dtype: torch.
         mode = _norm_mode(s)
         for fr, rh, rw, grid, start in plans:
             n = grid[0] * grid[1] * grid[2]
-            kern.preprocess(
-                fr, out[start : start + n], rh, rw, 0, s.patch_size, s.merge_size, s.temporal_patch_size,
-                0, 0, 0, 0, mode, mean, std, s.rescale_factor, *_weights(kern, fr, rh, rw),
+            kernels.preprocess(
+                kern, fr, out[start : start + n], height=rh, width=rw, layout=kernels.PATCHES, norm_mode=mode,
+                mean=mean, std=std, rescale=s.rescale_factor, weights=_weights(kern, fr, rh, rw),
+                patch=s.patch_size, merge=s.merge_size, temporal=s.temporal_patch_size,
             )
         return out, grid_thw
     parts = []
@@ -136,9 +137,9 @@ def _nchw_items(frames_list: list[torch.Tensor], s: ImageSettings, dtype: torch.
             top = int((ph - ch) / 2.0) - (ch - rh) // 2 if ch > rh else int((rh - ch) / 2.0)
             left = int((pw - cw) / 2.0) - (cw - rw) // 2 if cw > rw else int((rw - cw) / 2.0)
             out = torch.empty((fr.shape[0], 3, ch, cw), dtype=dtype, device=device)
-            kern.preprocess(
-                fr, out, rh, rw, 1, 1, 1, 1, top, left, ch, cw, _norm_mode(s), mean, std, s.rescale_factor,
-                *_weights(kern, fr, rh, rw),
+            kernels.preprocess(
+                kern, fr, out, height=rh, width=rw, layout=kernels.NCHW, norm_mode=_norm_mode(s), mean=mean, std=std,
+                rescale=s.rescale_factor, weights=_weights(kern, fr, rh, rw), crop=(top, left, ch, cw),
             )
             outs.append(out)
             continue
