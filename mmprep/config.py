@@ -103,6 +103,8 @@ class Settings:
     """Device of the vLLM processor hook for inputs on the host: "auto" (cuda if present), "cuda[:N]", "cpu"."""
     workers: int
     """``mmprep.service.shared()``: workers per GPU (CPU workers without CUDA); 0 = decode in-process."""
+    media_cache_mb: int
+    """vLLM loaders: MiB of decoded videos kept for repeated requests (``mmprep.vllm.media_cache``); 0 = off."""
     service: str
     """``mmprep.service.shared()``: "" (a service of this process), "host" (the host's, at its default
     socket) or the socket path of the host's service (see ``mmprep.service.host``)."""
@@ -126,5 +128,6 @@ def settings() -> Settings:
         processor=_choice("MMPREP_PROCESSOR", "auto", {"auto": "auto", "1": "on", "on": "on", "0": "off", "off": "off"}),
         processor_device=_device("MMPREP_PROCESSOR_DEVICE"),
         workers=_int("MMPREP_WORKERS", 0),
+        media_cache_mb=_int("MMPREP_MEDIA_CACHE_MB", 0),
         service=os.environ.get("MMPREP_SERVICE", "").strip(),
     )

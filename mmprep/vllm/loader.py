@@ -19,6 +19,7 @@ from ..device import parse_device
 from ..probe import StreamInfo
 from ..video import decode_video
 from . import identity
+from .media_cache import media_cache
 
 __all__ = ["SAMPLERS", "OPTIONS", "make_loader", "sample_like_vllm"]
 
@@ -101,6 +102,12 @@ def make_loader(base: type, sampler: str) -> type:
                     f"{', '.join(foreign)} is an option of another video backend; mmprep's options are "
                     f"{', '.join(OPTIONS)} (plus the sampling options num_frames, fps, max_duration)"
                 )
+            cache = media_cache()
+            if cache is not None:  # the same bytes with the same options: the same frames
+                key = identity.digest(data, "loader", sampler, num_frames, fps, max_duration,
+                                      sorted(kwargs.items()), device, frames_on)
+                if (hit := cache.get(key)) is not None:
+                    return hit
             # vLLM's own sampler, as a picklable callable: it also runs inside service workers.
             pick = functools.partial(sample_like_vllm, sampler, (num_frames, fps, max_duration), dict(kwargs))
             from ..service import shared
@@ -123,6 +130,8 @@ def make_loader(base: type, sampler: str) -> type:
             meta = cls.create_hf_metadata(
                 source=source, valid_frame_indices=list(video.indices), video_backend=f"mmprep{suffix}"
             )
+            if cache is not None:
+                cache.put(key, frames, meta)
             return frames, meta
 
     MmprepVideoLoader.__name__ = MmprepVideoLoader.__qualname__ = f"Mmprep{base.__name__}"
