@@ -5,9 +5,11 @@ Workload: 10 s 1080p H.264 bytes (GOP 250, B-frames) -> 32 sampled frames -> Qwe
   in-process   ``decode_video`` + ``preprocess`` in this process, videos spread over the GPUs
   service      ``MediaService(gpus=..., workers_per_gpu=W).preprocess_video``: the caller sends bytes,
                opens the result over CUDA IPC
-Per arm: videos/s, caller CPU-ms per video (this process, all threads), worker CPU-ms per video.
+  host         the host's service (``mmprep.service.host``) shared by P client processes, as vLLM's
+               API servers share it with ``--data-parallel-size P``; threads split among them
+Per arm: videos/s, caller CPU-ms per video (the calling process(es), all threads), worker CPU-ms per video.
 
-    python3 bench/service_scaling.py --out $OUT/service_scaling.json [--gpus 1,2] [--workers 1,2]
+    python3 bench/service_scaling.py --out $OUT/service_scaling.json [--gpus 1,2] [--workers 1,2] [--clients 2,4]
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ def _children_cpu() -> float:
     return total
 
 
-def drive(fn, data: bytes, threads: int, videos: int) -> dict:
+def drive(fn, data: bytes, threads: int, videos: int, children: bool = True) -> dict:
     """Run ``fn(data)`` ``videos`` times from ``threads`` threads; rate and CPU split."""
     left = [videos]
     lock = threading.Lock()
@@ -53,25 +55,75 @@ def drive(fn, data: bytes, threads: int, videos: int) -> dict:
                 return
 
     fn(data)  # warm: sessions, kernels, CUDA contexts
-    c0, k0, t0 = time.process_time(), _children_cpu(), time.perf_counter()
+    c0, k0, t0 = time.process_time(), _children_cpu() if children else 0.0, time.perf_counter()
     ts = [threading.Thread(target=work) for _ in range(threads)]
     for t in ts:
         t.start()
     for t in ts:
         t.join()
-    torch.cuda.synchronize()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     wall = time.perf_counter() - t0
     if errors:
         raise errors[0]
     return {"videos": videos, "wall_s": wall, "videos_per_s": videos / wall,
             "caller_cpu_ms_per_video": 1000 * (time.process_time() - c0) / videos,
-            "worker_cpu_ms_per_video": 1000 * (_children_cpu() - k0) / videos}
+            "worker_cpu_ms_per_video": 1000 * (_children_cpu() - k0) / videos if children else float("nan")}
+
+
+def _client(address: str, data: bytes, idx: list[int], threads: int, videos: int, go, out) -> None:
+    """One caller process of the host arm: attach, wait for the start, drive its share, report."""
+    import torch
+
+    from mmprep.service.host import attach
+
+    svc = attach(address, start=False)
+    kw = {"profile": "qwen2_vl", "dtype": torch.bfloat16}
+
+    def served(d: bytes) -> None:
+        svc.preprocess_video(d, decode={"indices": idx}, **kw)
+
+    served(data)  # warm this process's connection and IPC mappings
+    go.wait()
+    out.put(drive(served, data, threads, videos, children=False))
+
+
+def host_arm(gpus: list[int], w: int, clients: int, data: bytes, idx: list[int], threads: int, videos: int) -> dict:
+    """The host's service with ``clients`` caller processes; videos/s over all, CPU of the callers summed."""
+    import multiprocessing as mp
+    import os
+    import signal
+
+    from mmprep.service.host import attach
+
+    address = f"/tmp/mmprep-bench-{os.getpid()}.sock"
+    host = attach(address, gpus=gpus, workers_per_gpu=w, idle_exit=30)
+    host_pid = host.stats()["pid"]
+    ctx = mp.get_context("spawn")
+    go, out = ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=_client, args=(address, data, idx, max(1, threads // clients),
+                                               videos // clients, go, out)) for _ in range(clients)]
+    for p in procs:
+        p.start()
+    time.sleep(5)  # let every client attach and warm up before the clock starts
+    t0 = time.perf_counter()
+    go.set()
+    parts = [out.get(timeout=600) for _ in procs]
+    wall = time.perf_counter() - t0
+    for p in procs:
+        p.join(30)
+    os.kill(host_pid, signal.SIGTERM)
+    n = sum(r["videos"] for r in parts)
+    return {"videos": n, "wall_s": wall, "videos_per_s": n / wall, "clients": clients,
+            "caller_cpu_ms_per_video": sum(r["caller_cpu_ms_per_video"] * r["videos"] for r in parts) / n,
+            "worker_cpu_ms_per_video": float("nan")}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--gpus", default=None, help="GPU counts to try, e.g. 1,2 (default: 1 and all)")
     ap.add_argument("--workers", default="1,2", help="workers per GPU to try")
+    ap.add_argument("--clients", default="", help="caller process counts for the host arm, e.g. 2,4 (none: skip it)")
     ap.add_argument("--threads-per-gpu", type=int, default=16)
     ap.add_argument("--videos-per-gpu", type=int, default=96)
     ap.add_argument("--clip", default="h264_1080p_gop250")
@@ -115,6 +167,10 @@ def main() -> None:
                 r = drive(served, data, a.threads_per_gpu * n, a.videos_per_gpu * n)
             results.append({"arm": "service", "gpus": n, "workers_per_gpu": w, **r})
             print(json.dumps(results[-1]), flush=True)
+            for c in [int(x) for x in a.clients.split(",") if x]:
+                r = host_arm(gpus, w, c, data, idx, a.threads_per_gpu * n, a.videos_per_gpu * n)
+                results.append({"arm": f"host x{c} processes", "gpus": n, "workers_per_gpu": w, **r})
+                print(json.dumps(results[-1]), flush=True)
     meta = {"date": time.strftime("%Y-%m-%d"), "device": torch.cuda.get_device_name(0), "gpus_visible": n_all,
             "clip": a.clip, "frames": len(idx), "threads_per_gpu": a.threads_per_gpu, "torch": torch.__version__}
     rows = ["| arm | GPUs | workers/GPU | videos/s | x one GPU | caller CPU-ms/video | worker CPU-ms/video |",

@@ -70,6 +70,19 @@ def _file_lock(path: str):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def _attach_shm(name: str) -> SharedMemory:
+    """Open another process's segment without adopting it: Python < 3.13 registers every opened
+    segment with this process's resource tracker, which would unlink it (and warn) at exit."""
+    seg = SharedMemory(name=name)
+    try:
+        from multiprocessing import resource_tracker
+
+        resource_tracker.unregister(seg._name, "shared_memory")  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - a Python whose tracker does not track opened segments
+        pass
+    return seg
+
+
 # -- the service process ------------------------------------------------------------------------------
 def _to_shm(t: torch.Tensor) -> tuple[SharedMemory, tuple]:
     """A CPU tensor copied into a new shared-memory segment, and how the caller rebuilds it."""
@@ -102,7 +115,7 @@ def _serve_connection(conn: Connection, svc: MediaService, clients: list[int], l
                     continue
                 data = None
                 if shm is not None:
-                    seg = SharedMemory(name=shm)
+                    seg = _attach_shm(shm)
                     try:
                         data = bytes(seg.buf[:size])
                     finally:
@@ -259,7 +272,7 @@ def _open(value: Any) -> Any:
         return ipc.open(value[1])
     if isinstance(value, tuple) and len(value) == 4 and value[0] == "shm":
         _, name, shape, dtype = value
-        seg = SharedMemory(name=name)
+        seg = _attach_shm(name)
         try:
             out = torch.empty(shape, dtype=getattr(torch, dtype))
             flat = out.view(-1).view(torch.uint8)
