@@ -37,6 +37,16 @@ def test_results_equal_in_process_calls(service):
     assert out.keys() == want.keys() and all(torch.equal(out[k], want[k]) for k in want)
 
 
+def test_images_decode_in_a_worker(service):
+    from .images import jpeg
+
+    data = jpeg(203, 317)
+    img = service.decode_image(data)
+    assert torch.equal(img, mmprep.decode_images([data], device="cpu")[0])
+    with pytest.raises(mmprep.MediaTooLargeError):  # the same checks, the same errors
+        service.decode_image(data, max_pixels=100)
+
+
 def test_bad_media_raise_the_same_error_and_the_worker_lives(service):
     pids = [w["pid"] for w in service.stats()["workers"]]
     for _ in range(4):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 import mmprep
 from mmprep import service
@@ -83,3 +84,23 @@ def test_loader_through_the_host_service(loaders, tmp_path):
         for suffix in (".key", ".lock", ".log"):
             if os.path.exists(address + suffix):
                 os.unlink(address + suffix)
+
+
+def test_connector_images_through_service(loaders):
+    """``VLLM_MEDIA_CONNECTOR=mmprep`` with ``MMPREP_WORKERS``: images decode in a worker, same pixels."""
+    from mmprep.vllm.connector import MmprepImageMediaIO
+
+    from .images import jpeg
+
+    _, svc = loaders
+    data = jpeg(203, 317)
+    io = MmprepImageMediaIO(device="cpu")
+    ref = io.load_bytes(data)
+    served = svc.stats()["workers"][0]["served"]
+    service.set_shared(svc)
+    try:
+        got = io.load_bytes(data)
+    finally:
+        service.set_shared(None)
+    assert svc.stats()["workers"][0]["served"] == served + 1
+    assert torch.equal(got.media, ref.media) and got.original_bytes == data

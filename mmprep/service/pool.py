@@ -78,6 +78,13 @@ class ServiceApi:
             raise ValueError("device is chosen by the service: pass gpu=N (or nothing) instead")
         return self._call("preprocess_video", source, {"decode": decode or {}, "preprocess": preprocess}, gpu, timeout)
 
+    def decode_image(self, source: Source, *, gpu: int | None = None, timeout: float | None = None,
+                     **decode: Any) -> torch.Tensor:
+        """``mmprep.decode_images([source])[0]`` in a worker: (3,H,W) uint8, on that worker's GPU (nvJPEG)."""
+        if "device" in decode:
+            raise ValueError("device is chosen by the service: pass gpu=N (or nothing) instead")
+        return self._call("decode_image", source, {"decode": decode}, gpu, timeout)["image"]
+
     def ping(self, *, delay: float = 0.0, gpu: int | None = None, timeout: float | None = None,
              worker: int | None = None) -> int:
         """Round trip to a worker (answered after ``delay`` seconds there): health checks and tests.

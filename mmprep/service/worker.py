@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-OPS = ("decode_video", "preprocess_video", "ping")
-"""What a worker does: decode a video, decode + preprocess it, or answer (after ``delay`` seconds)."""
+OPS = ("decode_video", "preprocess_video", "decode_image", "ping")
+"""What a worker does: decode a video, decode + preprocess it, decode an image, or answer (after ``delay`` s)."""
 
 _running = [0, 0]  # requests running now, the most seen at once during the current ping
 _running_lock = threading.Lock()
@@ -45,6 +45,9 @@ def run_op(op: str, data: bytes, device: str, options: dict[str, Any], lease_tim
         with _running_lock:
             return {"concurrent": max(_running[1], _running[0])}
     decode = dict(options.get("decode", {}))
+    if op == "decode_image":
+        (image,) = mmprep.decode_images([data], device=device, **decode)
+        return {"image": _export(image, lease_timeout)}
     video = mmprep.decode_video(data, device=device, **decode)
     if op == "decode_video":
         return {"frames": _export(video.frames, lease_timeout), **_video_fields(video)}

@@ -18,6 +18,7 @@ from vllm.multimodal.video import get_video_loader_backend_for_processor
 import vllm.envs as envs
 
 from ..config import settings
+from ..device import parse_device
 from ..image import decode_images
 from . import identity
 from .loader import SAMPLERS
@@ -37,9 +38,17 @@ class MmprepImageMediaIO(ImageMediaIO):
             return super().load_bytes(data)
         limit = envs.VLLM_MAX_IMAGE_PIXELS
         max_pixels = min(limit, settings().max_image_pixels) if limit > 0 else settings().max_image_pixels
-        (image,) = decode_images(
-            [data], device=self.device, max_pixels=max_pixels, rgba_background=self.rgba_background_color
-        )
+        from ..service import shared
+
+        svc = shared()
+        if svc is not None:  # decoded by a service worker (on its GPU), opened here
+            kind, gpu = parse_device(self.device)
+            image = svc.decode_image(data, gpu=gpu if kind == "cuda" else None, max_pixels=max_pixels,
+                                     rgba_background=self.rgba_background_color)
+        else:
+            (image,) = decode_images(
+                [data], device=self.device, max_pixels=max_pixels, rgba_background=self.rgba_background_color
+            )
         if image.shape[-1] in (1, 3, 4):  # vLLM would read a (3,H,W) this narrow as HWC
             return super().load_bytes(data)
         # vLLM identifies the image by this digest instead of hashing its pixels
