@@ -127,6 +127,47 @@ def gpu_mem_mib() -> list[int]:
     return [int(x) for x in r.stdout.split()] if r.returncode == 0 else []
 
 
+class GpuUtil:
+    """Mean SM and NVDEC utilization per GPU while a load runs (``nvidia-smi`` every 0.5 s)."""
+
+    def __enter__(self) -> "GpuUtil":
+        self.result: dict[str, list[float]] = {}
+        try:
+            self._p = subprocess.Popen(["nvidia-smi", "--query-gpu=index,utilization.gpu,utilization.decoder",
+                                        "--format=csv,noheader,nounits", "-lms", "500"],
+                                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        except OSError:
+            self._p = None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._p is None:
+            return
+        self._p.terminate()
+        out, _ = self._p.communicate(timeout=10)
+        sm: dict[int, list[float]] = {}
+        dec: dict[int, list[float]] = {}
+        for line in out.splitlines():
+            try:
+                i, g, d = (float(x) for x in line.split(","))
+            except ValueError:
+                continue
+            sm.setdefault(int(i), []).append(g)
+            dec.setdefault(int(i), []).append(d)
+        self.result = {"sm_util_pct": [round(statistics.mean(v), 1) for _, v in sorted(sm.items())],
+                       "nvdec_util_pct": [round(statistics.mean(v), 1) for _, v in sorted(dec.items())]}
+
+
+def measured(url: str, bodies: list[list[dict]], conc: int, pid: int) -> dict:
+    """``load`` with the server's CPU per request and the GPUs' utilization during it."""
+    cpu0 = cpu_split(pid)
+    with GpuUtil() as util:
+        r = asyncio.run(load(url, bodies, conc))
+    r.update(cpu_per_req(cpu0, cpu_split(pid), r["ok"]))
+    r.update(util.result)
+    return r
+
+
 def stop(proc: subprocess.Popen) -> None:
     import psutil
 
@@ -268,16 +309,11 @@ def run_arm(arm: str, a, media: dict[str, list[Path]]) -> dict:
             else:
                 asyncio.run(load(url, [[video_part(vids[i % len(vids)])] for i in range(a.warmup)], a.concurrency))
                 timed = [[video_part(vids[i % len(vids)])] for i in range(a.requests)]
-            cpu0 = cpu_split(proc.pid)
-            r = asyncio.run(load(url, timed, a.concurrency))
-            cpu1 = cpu_split(proc.pid)
+            r = measured(url, timed, a.concurrency, proc.pid)
             if arm == "ceiling" and r["ok"] == 0:  # this vLLM wants the URL with the uuid: cache hits still skip processing
                 res["ceiling_note"] = f"uuid-only refused ({r['errors'][:1]}); timed with url+uuid"
                 timed = [[video_part(vids[i % len(vids)], uuid=f"clip-{i % len(vids)}")] for i in range(a.requests)]
-                cpu0 = cpu_split(proc.pid)
-                r = asyncio.run(load(url, timed, a.concurrency))
-                cpu1 = cpu_split(proc.pid)
-            r.update(cpu_per_req(cpu0, cpu1, r["ok"]))
+                r = measured(url, timed, a.concurrency, proc.pid)
             r["gpu_mem_mib"] = gpu_mem_mib()
             res["video"] = r
             print(f"[{arm}] video {json.dumps({k: v for k, v in r.items() if k != 'logprobs'})}", flush=True)
@@ -288,10 +324,7 @@ def run_arm(arm: str, a, media: dict[str, list[Path]]) -> dict:
             # Images: 4 per request, two sets of 4 cycled (the ceiling's cache holds both after the warm-up).
             bodies = [[image_part(imgs[(4 * i + j) % len(imgs)]) for j in range(4)] for i in range(a.image_requests)]
             asyncio.run(load(url, bodies[:4], a.concurrency))
-            cpu0 = cpu_split(proc.pid)
-            r = asyncio.run(load(url, bodies, a.concurrency))
-            cpu1 = cpu_split(proc.pid)
-            r.update(cpu_per_req(cpu0, cpu1, r["ok"]))
+            r = measured(url, bodies, a.concurrency, proc.pid)
             res["image"] = r
             print(f"[{arm}] image {r['req_per_s']:.2f} req/s", flush=True)
             if not arm.startswith("ceiling"):
@@ -310,9 +343,15 @@ def run_arm(arm: str, a, media: dict[str, list[Path]]) -> dict:
     return res
 
 
+def _util(r: dict) -> str:
+    sm, dec = r.get("sm_util_pct"), r.get("nvdec_util_pct")
+    return " ".join(f"{a:.0f}/{b:.0f}" for a, b in zip(sm, dec)) if sm else "–"
+
+
 def table(results: list[dict]) -> str:
-    rows = ["| arm | video req/s | p50 / p99 s | c=1 latency s | server CPU-ms/req (API server) | GPU MiB | image req/s | bad media |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = ["| arm | video req/s | p50 / p99 s | c=1 latency s | server CPU-ms/req (API server) | GPU MiB | "
+            "GPU SM% / NVDEC% (video) | image req/s | bad media |",
+            "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         if "failed" in r:
             rows.append(f"| {r['arm']}{r['tag']} | FAILED: {r['failed'][:80]} |")
@@ -321,7 +360,7 @@ def table(results: list[dict]) -> str:
         rows.append(
             f"| {r['arm']}{r['tag']} | {v['req_per_s']:.2f} | {v['p50_s']:.2f} / {v['p99_s']:.2f} | "
             f"{c1.get('p50_s') or 0:.2f} | {v['server_cpu_ms_per_req']:.0f} ({v['api_server_cpu_ms_per_req']:.0f}) | "
-            f"{max(v['gpu_mem_mib'] or [0])} | {im.get('req_per_s', 0):.2f} | {bad.get('statuses', '')} |")
+            f"{max(v['gpu_mem_mib'] or [0])} | {_util(v)} | {im.get('req_per_s', 0):.2f} | {bad.get('statuses', '')} |")
     return "\n".join(rows)
 
 
