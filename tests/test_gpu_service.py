@@ -42,6 +42,14 @@ def test_gpu_results_equal_in_process_and_stay_on_the_gpu(service):
         assert out[k].device == want[k].device and torch.equal(out[k], want[k]), k
 
 
+def test_gpu_worker_decodes_images_with_nvjpeg(service):
+    from .images import jpeg
+
+    data = jpeg(480, 640)
+    img = service.decode_image(data, gpu=0)
+    assert img.is_cuda and torch.equal(img, mmprep.decode_images([data], device="cuda:0")[0])
+
+
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
 def test_results_come_back_on_the_gpu_asked_for(service):
     data = clip("h264", width=320, height=240, frames=24, fps=24, gop=12)
