@@ -11,7 +11,7 @@ from .config import settings
 from .device import parse_device
 from .decode.image_cpu import decode_image_cpu
 from .image_probe import inspect_image
-from .decode.image_gpu import apply_orientation, complete_jpeg, decode_jpegs_gpu, nvjpeg_available
+from .decode.image_gpu import apply_orientation, complete_jpeg, decode_jpegs_gpu, jpeg_well_formed, nvjpeg_available
 from .errors import MediaError
 from .source import Source, read_source
 
@@ -67,7 +67,8 @@ def decode_images(
         datas.append(data)
     out: list[torch.Tensor | None] = [None] * len(datas)
     if dev.type == "cuda":
-        gpu_idx = [i for i, h in enumerate(headers) if h.gpu_decodable and complete_jpeg(datas[i])]
+        gpu_idx = [i for i, h in enumerate(headers)
+                   if h.gpu_decodable and complete_jpeg(datas[i]) and jpeg_well_formed(datas[i])]
         if gpu_idx:
             decoded = decode_jpegs_gpu([datas[i] for i in gpu_idx], dev)
             for i, img in zip(gpu_idx, decoded):

@@ -93,3 +93,51 @@ def test_pixel_limit_is_mmprep_own_check():
 
     with pytest.raises(mmprep.MediaTooLargeError, match="max_pixels=10000000"):
         mmprep.decode_images([png_header_only(4000, 4000)], device="cpu", max_pixels=10_000_000)
+
+
+def _segment(data: bytes, marker: int) -> int:
+    """Offset of the first ``marker`` segment (its 0xFF byte) in a JPEG's header."""
+    i = 2
+    while data[i + 1] != marker:
+        i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+    return i
+
+
+def _defects(good: bytes) -> dict[str, bytes]:
+    dht, sof, sos = _segment(good, 0xC4), _segment(good, 0xC0), _segment(good, 0xDA)
+    b = bytearray(good)
+    over = bytearray(good)
+    over[dht + 5 : dht + 21] = bytes([2] * 16)  # 2 codes of every length: more than the code space holds
+    undefined_table = bytearray(good)
+    undefined_table[sos + 6] = 0x33  # first component's DC/AC tables: 3, never defined
+    bad_sampling = bytearray(good)
+    bad_sampling[sof + 11] = 0x05  # first component: horizontal sampling 0
+    stray = bytes(b[: sos + 40]) + b"\xff\xc4" + bytes(b[sos + 42 :])  # a table marker inside the scan data
+    return {"huffman_over_code_space": bytes(over), "undefined_huffman_table": bytes(undefined_table),
+            "zero_sampling_factor": bytes(bad_sampling), "marker_inside_scan": stray,
+            "no_eoi": good[:-2], "second_frame_header": good[:sos] + good[sof : sof + 2 + int.from_bytes(
+                good[sof + 2 : sof + 4], "big")] + good[sos:]}
+
+
+def test_nvjpeg_gets_only_well_formed_jpegs():
+    """Structures nvJPEG trusts (a damaged file crashed it on the GPU machine) are checked first; the
+    rest go to PIL. Every encoder variant PIL writes passes; each single defect fails."""
+    from mmprep.decode.image_gpu import jpeg_well_formed
+
+    from .images import jpeg
+
+    variants = {"baseline": jpeg(240, 320), "progressive": jpeg(240, 320, progressive=True),
+                "optimized": jpeg(240, 320, optimize=True), "444": jpeg(240, 320, subsampling=0),
+                "restart_markers": jpeg(240, 320, restart_marker_blocks=2), "exif": jpeg_with_orientation(6),
+                "gray": mmprep_gray_jpeg()}
+    for name, data in variants.items():
+        assert jpeg_well_formed(data), name
+    for name, bad in _defects(variants["baseline"]).items():
+        assert not jpeg_well_formed(bad), name
+    assert not jpeg_well_formed(b"") and not jpeg_well_formed(b"\xff\xd8\xff\xd9")
+
+
+def mmprep_gray_jpeg() -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.tile(np.arange(256, dtype=np.uint8), (64, 1))).save(buf, "JPEG")
+    return buf.getvalue()
