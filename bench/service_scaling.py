@@ -113,6 +113,9 @@ def host_arm(gpus: list[int], w: int, clients: int, data: bytes, idx: list[int],
     for p in procs:
         p.join(30)
     os.kill(host_pid, signal.SIGTERM)
+    for suffix in (".key", ".lock", ".log"):
+        if os.path.exists(address + suffix):
+            os.unlink(address + suffix)
     n = sum(r["videos"] for r in parts)
     return {"videos": n, "wall_s": wall, "videos_per_s": n / wall, "clients": clients,
             "caller_cpu_ms_per_video": sum(r["caller_cpu_ms_per_video"] * r["videos"] for r in parts) / n,
