@@ -36,6 +36,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as a script: bench.util beside it
+
+from bench.util import cpu_seconds  # noqa: E402
 
 
 def make_media(d: Path, clips: int) -> dict[str, list[Path]]:
@@ -75,19 +78,6 @@ def make_media(d: Path, clips: int) -> dict[str, list[Path]]:
     return out
 
 
-def _cpu(procs) -> float:
-    import psutil
-
-    total = 0.0
-    for p in procs:
-        try:
-            t = p.cpu_times()
-            total += t.user + t.system
-        except psutil.NoSuchProcess:
-            pass
-    return total
-
-
 def cpu_split(pid: int) -> tuple[float, float, dict[str, float]]:
     """CPU seconds of the whole server process tree, of the API-server process(es), and per process name."""
     import psutil
@@ -101,8 +91,8 @@ def cpu_split(pid: int) -> tuple[float, float, dict[str, float]]:
     by_name: dict[str, float] = {}
     for p in tree:
         key = (_name(p) or ["?"])[0]
-        by_name[key] = by_name.get(key, 0.0) + _cpu([p])
-    return _cpu(tree), _cpu(api), by_name
+        by_name[key] = by_name.get(key, 0.0) + cpu_seconds([p])
+    return cpu_seconds(tree), cpu_seconds(api), by_name
 
 
 def cpu_per_req(before: tuple, after: tuple, ok: int) -> dict:

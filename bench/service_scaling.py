@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import threading
 import time
 from pathlib import Path
@@ -23,17 +24,18 @@ from pathlib import Path
 import torch
 
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: bench.util beside it
+
+from bench.util import cpu_seconds  # noqa: E402
+
+PREPROCESS = {"profile": "qwen2_vl", "dtype": torch.bfloat16}
+"""The preprocess options every arm uses: Qwen2-VL pixel_values_videos in bfloat16."""
+
+
 def _children_cpu() -> float:
     import psutil
 
-    total = 0.0
-    for p in psutil.Process().children(recursive=True):
-        try:
-            t = p.cpu_times()
-            total += t.user + t.system
-        except psutil.NoSuchProcess:
-            pass
-    return total
+    return cpu_seconds(psutil.Process().children(recursive=True))
 
 
 def drive(fn, data: bytes, threads: int, videos: int, children: bool = True) -> dict:
@@ -73,15 +75,12 @@ def drive(fn, data: bytes, threads: int, videos: int, children: bool = True) -> 
 
 def _client(address: str, data: bytes, idx: list[int], threads: int, videos: int, go, out) -> None:
     """One caller process of the host arm: attach, wait for the start, drive its share, report."""
-    import torch
-
     from mmprep.service.host import attach
 
     svc = attach(address, start=False)
-    kw = {"profile": "qwen2_vl", "dtype": torch.bfloat16}
 
     def served(d: bytes) -> None:
-        svc.preprocess_video(d, decode={"indices": idx}, **kw)
+        svc.preprocess_video(d, decode={"indices": idx}, **PREPROCESS)
 
     served(data)  # warm this process's connection and IPC mappings
     go.wait()
@@ -133,9 +132,6 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
 
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     import mmprep
     from bench.media import clip_path
     from bench.util import kernels_ready, sample32
@@ -147,7 +143,6 @@ def main() -> None:
     data = clip_path(a.clip).read_bytes()
     total = mmprep.decode_video(data, indices=[0], device="cpu").total_frames
     idx = sample32(total)
-    kw = {"profile": "qwen2_vl", "dtype": torch.bfloat16}
     results = []
     for n in counts:
         gpus = list(range(n))
@@ -156,7 +151,7 @@ def main() -> None:
         def in_process(d: bytes) -> None:
             dev = f"cuda:{gpus[next(turn) % n]}"
             v = mmprep.decode_video(d, indices=idx, device=dev)
-            mmprep.preprocess(videos=[v], device=v.frames.device, **kw)
+            mmprep.preprocess(videos=[v], device=v.frames.device, **PREPROCESS)
 
         r = drive(in_process, data, a.threads_per_gpu * n, a.videos_per_gpu * n)
         results.append({"arm": "in-process", "gpus": n, "workers_per_gpu": 0, **r})
@@ -164,7 +159,7 @@ def main() -> None:
         for w in [int(x) for x in a.workers.split(",")]:
             with MediaService(gpus=gpus, workers_per_gpu=w) as svc:
                 def served(d: bytes) -> None:
-                    out = svc.preprocess_video(d, decode={"indices": idx}, **kw)
+                    out = svc.preprocess_video(d, decode={"indices": idx}, **PREPROCESS)
                     assert out["pixel_values_videos"].is_cuda
 
                 r = drive(served, data, a.threads_per_gpu * n, a.videos_per_gpu * n)

@@ -71,6 +71,20 @@ def run_threads(fn, data: bytes, threads: int) -> int:
     return sum(counts)
 
 
+def cpu_seconds(procs) -> float:
+    """User + system CPU seconds of ``procs`` (psutil processes); ones that already exited count 0."""
+    import psutil
+
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
 def sample32(total: int) -> list[int]:
     return np.linspace(0, total - 1, 32, dtype=int).tolist()
 

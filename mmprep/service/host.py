@@ -38,7 +38,7 @@ import torch
 from .. import errors
 from ..config import settings
 from ..source import Source, read_source
-from .pool import MediaService, ServiceApi, ServiceError
+from .pool import MediaService, ServiceApi, ServiceError, _import
 
 __all__ = ["HostClient", "attach", "default_address", "serve"]
 
@@ -266,10 +266,6 @@ class HostClient(ServiceApi):
 
 def _open(value: Any) -> Any:
     """A result value as a tensor of this process: GPU memory opened by CUDA IPC, or a shared-memory copy."""
-    if isinstance(value, tuple) and len(value) == 2 and value[0] == "cuda":
-        from .. import ipc
-
-        return ipc.open(value[1])
     if isinstance(value, tuple) and len(value) == 4 and value[0] == "shm":
         _, name, shape, dtype = value
         seg = _attach_shm(name)
@@ -280,7 +276,7 @@ def _open(value: Any) -> Any:
         finally:
             seg.close()
         return out
-    return value
+    return _import(value)  # GPU handles opened as the local pool opens them
 
 
 def attach(address: str | None = None, *, start: bool = True, start_timeout: float = 300.0,

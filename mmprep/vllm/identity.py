@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["digest", "tag", "tag_of", "with_uuids"]
+__all__ = ["Digests", "digest", "tag", "tag_of", "with_uuids"]
 
 _ATTR = "_mmprep_identity"
 
@@ -30,12 +30,29 @@ def _hasher() -> Any:
         return hashlib.sha256()
 
 
+class Digests:
+    """Digests of one encoded input under several sets of decode choices; its bytes are hashed once
+    (the loader needs two: its cache key and the frames' identity)."""
+
+    def __init__(self, data: bytes | memoryview) -> None:
+        self._data: bytes | memoryview | None = data
+        self._of_bytes = ""
+
+    def __call__(self, *choices: object) -> str:
+        """Hex digest of the encoded media and the decode ``choices`` that shape its pixels."""
+        if self._data is not None:
+            h = _hasher()
+            h.update(self._data)
+            self._of_bytes, self._data = h.hexdigest(), None
+        h = _hasher()
+        h.update(self._of_bytes.encode())
+        h.update(repr(choices).encode())
+        return "mmprep-" + h.hexdigest()
+
+
 def digest(data: bytes | memoryview, *choices: object) -> str:
     """Hex digest of encoded media ``data`` and the decode ``choices`` that shape its pixels."""
-    h = _hasher()
-    h.update(data)
-    h.update(repr(choices).encode())
-    return "mmprep-" + h.hexdigest()
+    return Digests(data)(*choices)
 
 
 def tag(t: torch.Tensor, identity: str) -> torch.Tensor:

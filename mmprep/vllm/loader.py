@@ -102,10 +102,11 @@ def make_loader(base: type, sampler: str) -> type:
                     f"{', '.join(foreign)} is an option of another video backend; mmprep's options are "
                     f"{', '.join(OPTIONS)} (plus the sampling options num_frames, fps, max_duration)"
                 )
+            digests = identity.Digests(data)  # hashes the bytes at most once, for both uses below
             cache = media_cache()
             if cache is not None:  # the same bytes with the same options: the same frames
-                key = identity.digest(data, "loader", sampler, num_frames, fps, max_duration,
-                                      sorted(kwargs.items()), device, frames_on)
+                key = digests("loader", sampler, num_frames, fps, max_duration, sorted(kwargs.items()), device,
+                              frames_on)
                 if (hit := cache.get(key)) is not None:
                     return hit
             # vLLM's own sampler, as a picklable callable: it also runs inside service workers.
@@ -124,8 +125,8 @@ def make_loader(base: type, sampler: str) -> type:
             elif frames_on == "host":
                 frames = frames.cpu().numpy()
             else:  # GPU frames: vLLM identifies them by this digest instead of hashing pixels
-                identity.tag(frames, identity.digest(data, "video", sampler, video.indices, video.backend,
-                                                     video.rotation, tuple(frames.shape)))
+                identity.tag(frames, digests("video", sampler, video.indices, video.backend, video.rotation,
+                                             tuple(frames.shape)))
             source = cls._prepare_source(VideoSourceMetadata(video.total_frames, video.fps, video.duration))
             meta = cls.create_hf_metadata(
                 source=source, valid_frame_indices=list(video.indices), video_backend=f"mmprep{suffix}"
