@@ -7,6 +7,8 @@ Workload: 10 s 1080p H.264 bytes (GOP 250, B-frames) -> 32 sampled frames -> Qwe
                opens the result over CUDA IPC
   host         the host's service (``mmprep.service.host``) shared by P client processes, as vLLM's
                API servers share it with ``--data-parallel-size P``; threads split among them
+  per-GPU processes  one in-process caller per GPU (16 threads each), summed: the layout the service
+               should match without asking the user to run one process per GPU
 Per arm: videos/s, caller CPU-ms per video (the calling process(es), all threads), worker CPU-ms per video.
 
     python3 bench/service_scaling.py --out $OUT/service_scaling.json [--gpus 1,2] [--workers 1,2] [--clients 2,4]
@@ -73,6 +75,19 @@ def drive(fn, data: bytes, threads: int, videos: int, children: bool = True) -> 
             "worker_cpu_ms_per_video": 1000 * (_children_cpu() - k0) / videos if children else float("nan")}
 
 
+def latency_ms(fn, data: bytes, n: int = 12) -> float:
+    """Median wall ms of one request at a time (low load), after one warm request."""
+    fn(data)
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn(data)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(1000 * (time.perf_counter() - t0))
+    return sorted(times)[len(times) // 2]
+
+
 def _client(address: str, data: bytes, idx: list[int], threads: int, videos: int, go, out) -> None:
     """One caller process of the host arm: attach, wait for the start, drive its share, report."""
     from mmprep.service.host import attach
@@ -85,6 +100,45 @@ def _client(address: str, data: bytes, idx: list[int], threads: int, videos: int
     served(data)  # warm this process's connection and IPC mappings
     go.wait()
     out.put(drive(served, data, threads, videos, children=False))
+
+
+def _own_gpu(gpu: int, data: bytes, idx: list[int], threads: int, videos: int, go, out) -> None:
+    """One process of the per-GPU arm: in-process decode + preprocess on its GPU."""
+    import mmprep
+    from bench.util import kernels_ready
+
+    kernels_ready()
+    dev = f"cuda:{gpu}"
+
+    def run(d: bytes) -> None:
+        v = mmprep.decode_video(d, indices=idx, device=dev)
+        mmprep.preprocess(videos=[v], device=v.frames.device, **PREPROCESS)
+
+    run(data)
+    go.wait()
+    out.put(drive(run, data, threads, videos, children=False))
+
+
+def per_gpu_arm(gpus: list[int], data: bytes, idx: list[int], threads: int, videos: int) -> dict:
+    """One process per GPU, each ``threads`` threads and ``videos`` videos; rates over the common wall time."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    go, out = ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=_own_gpu, args=(g, data, idx, threads, videos, go, out)) for g in gpus]
+    for p in procs:
+        p.start()
+    time.sleep(8)  # contexts, kernels and decoders warm in every process before the clock starts
+    t0 = time.perf_counter()
+    go.set()
+    parts = [out.get(timeout=600) for _ in procs]
+    wall = time.perf_counter() - t0
+    for p in procs:
+        p.join(30)
+    n = sum(r["videos"] for r in parts)
+    return {"videos": n, "wall_s": wall, "videos_per_s": n / wall,
+            "caller_cpu_ms_per_video": sum(r["caller_cpu_ms_per_video"] * r["videos"] for r in parts) / n,
+            "worker_cpu_ms_per_video": float("nan")}
 
 
 def host_arm(gpus: list[int], w: int, clients: int, data: bytes, idx: list[int], threads: int, videos: int) -> dict:
@@ -129,6 +183,8 @@ def main() -> None:
     ap.add_argument("--threads-per-gpu", type=int, default=16)
     ap.add_argument("--videos-per-gpu", type=int, default=96)
     ap.add_argument("--clip", default="h264_1080p_gop250")
+    ap.add_argument("--arms", default="in-process,per-gpu,service",
+                    help="of in-process, per-gpu, service (host arms follow --clients)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
 
@@ -153,16 +209,24 @@ def main() -> None:
             v = mmprep.decode_video(d, indices=idx, device=dev)
             mmprep.preprocess(videos=[v], device=v.frames.device, **PREPROCESS)
 
-        r = drive(in_process, data, a.threads_per_gpu * n, a.videos_per_gpu * n)
-        results.append({"arm": "in-process", "gpus": n, "workers_per_gpu": 0, **r})
-        print(json.dumps(results[-1]), flush=True)
-        for w in [int(x) for x in a.workers.split(",")]:
+        arms = a.arms.split(",")
+        if "in-process" in arms:
+            r = drive(in_process, data, a.threads_per_gpu * n, a.videos_per_gpu * n)
+            results.append({"arm": "in-process", "gpus": n, "workers_per_gpu": 0, **r,
+                            "latency_ms_c1": latency_ms(in_process, data)})
+            print(json.dumps(results[-1]), flush=True)
+        if "per-gpu" in arms:
+            r = per_gpu_arm(gpus, data, idx, a.threads_per_gpu, a.videos_per_gpu)
+            results.append({"arm": "process per GPU", "gpus": n, "workers_per_gpu": 0, **r})
+            print(json.dumps(results[-1]), flush=True)
+        for w in [int(x) for x in a.workers.split(",")] if "service" in arms else []:
             with MediaService(gpus=gpus, workers_per_gpu=w) as svc:
                 def served(d: bytes) -> None:
                     out = svc.preprocess_video(d, decode={"indices": idx}, **PREPROCESS)
                     assert out["pixel_values_videos"].is_cuda
 
                 r = drive(served, data, a.threads_per_gpu * n, a.videos_per_gpu * n)
+                r["latency_ms_c1"] = latency_ms(served, data)
             results.append({"arm": "service", "gpus": n, "workers_per_gpu": w, **r})
             print(json.dumps(results[-1]), flush=True)
             for c in [int(x) for x in a.clients.split(",") if x]:
@@ -171,18 +235,49 @@ def main() -> None:
                 print(json.dumps(results[-1]), flush=True)
     meta = {"date": time.strftime("%Y-%m-%d"), "device": torch.cuda.get_device_name(0), "gpus_visible": n_all,
             "clip": a.clip, "frames": len(idx), "threads_per_gpu": a.threads_per_gpu, "torch": torch.__version__}
-    rows = ["| arm | GPUs | workers/GPU | videos/s | x one GPU | caller CPU-ms/video | worker CPU-ms/video |",
-            "|---|---|---|---|---|---|---|"]
+    rows = ["| arm | GPUs | workers/GPU | videos/s | x same arm, fewest GPUs | x in-process, 1 GPU | caller CPU-ms/video |"
+            " worker CPU-ms/video | ms, one at a time |", "|---|---|---|---|---|---|---|---|---|"]
     base = {(r["arm"], r["workers_per_gpu"]): r["videos_per_s"] for r in results if r["gpus"] == counts[0]}
+    one_gpu = next((r["videos_per_s"] for r in results if r["arm"] == "in-process" and r["gpus"] == 1), float("nan"))
     for r in results:
         one = base.get((r["arm"], r["workers_per_gpu"]), r["videos_per_s"])
         rows.append(f"| {r['arm']} | {r['gpus']} | {r['workers_per_gpu'] or '-'} | {r['videos_per_s']:.1f} | "
-                    f"{r['videos_per_s'] / one:.2f} | {r['caller_cpu_ms_per_video']:.0f} | {r['worker_cpu_ms_per_video']:.0f} |")
+                    f"{r['videos_per_s'] / one:.2f} | {r['videos_per_s'] / one_gpu:.2f} | "
+                    f"{r['caller_cpu_ms_per_video']:.1f} | {r['worker_cpu_ms_per_video']:.0f} | "
+                    f"{r.get('latency_ms_c1', float('nan')):.1f} |")
     print("\n".join(rows))
     if a.out:
         Path(a.out).write_text(json.dumps({"meta": meta, "results": results}, indent=1))
         Path(a.out).with_suffix(".md").write_text(
-            f"# mmprep.service scaling, {meta['date']}, {meta['device']} x{n_all}\n\n" + "\n".join(rows) + "\n")
+            f"# mmprep.service scaling, {meta['date']}, {meta['device']} x{n_all}, {a.clip}\n\n" + "\n".join(rows) + "\n")
+        plot(results, str(Path(a.out).with_suffix(".png")), f"{a.clip}, {meta['device']}, {meta['date']}")
+
+
+def plot(results: list[dict], png: str, title: str) -> None:
+    """videos/s against the GPU count, one line per arm (and workers per GPU)."""
+    try:
+        import matplotlib
+    except ImportError:
+        return
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lines: dict[str, list[tuple[int, float]]] = {}
+    for r in results:
+        name = r["arm"] + (f", {r['workers_per_gpu']} worker/GPU" if r["workers_per_gpu"] else "")
+        lines.setdefault(name, []).append((r["gpus"], r["videos_per_s"]))
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for name, pts in lines.items():
+        pts.sort()
+        ax.plot([g for g, _ in pts], [v for _, v in pts], marker="o", label=name)
+    ax.set_xlabel("GPUs")
+    ax.set_ylabel("videos/s (bytes -> pixel_values_videos)")
+    ax.set_xticks(sorted({r["gpus"] for r in results}))
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
 
 
 if __name__ == "__main__":

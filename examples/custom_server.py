@@ -21,14 +21,15 @@ import mmprep
 PROMPT = "<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>{q}<|im_end|>\n<|im_start|>assistant\n"
 
 
-def build_app(model: str, device: str):
+def build_app(model: str, device: str, load_format: str = "auto", max_model_len: int | None = None):
     os.environ.setdefault("MMPREP_PROCESSOR", "on")  # read when vLLM loads the mmprep plugin
     from fastapi import FastAPI, File, Form, HTTPException, UploadFile
     from vllm import SamplingParams
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.v1.engine.async_llm import AsyncLLM
 
-    engine = AsyncLLM.from_engine_args(AsyncEngineArgs(model=model, limit_mm_per_prompt={"video": 1}))
+    engine = AsyncLLM.from_engine_args(AsyncEngineArgs(model=model, limit_mm_per_prompt={"video": 1},
+                                                       load_format=load_format, max_model_len=max_model_len))
     app = FastAPI()
     counter = iter(range(1 << 62))
 
@@ -55,10 +56,12 @@ def main() -> None:
     ap.add_argument("--model", default="Qwen/Qwen2.5-VL-3B-Instruct")
     ap.add_argument("--device", default="auto", help="where mmprep decodes: auto, cuda, cuda:N, cpu")
     ap.add_argument("--port", type=int, default=8000)
+    ap.add_argument("--load-format", default="auto", help="vLLM's load format; dummy: random weights (a weightless test folder)")
+    ap.add_argument("--max-model-len", type=int, default=None)
     a = ap.parse_args()
     import uvicorn
 
-    uvicorn.run(build_app(a.model, a.device), host="0.0.0.0", port=a.port)
+    uvicorn.run(build_app(a.model, a.device, a.load_format, a.max_model_len), host="0.0.0.0", port=a.port)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ so concurrent first callers start one). The service is a detached process that r
 callers. Start it beside ``vllm serve`` yourself with ``python -m mmprep.service.host``, or let the
 first caller start it; one started by a caller exits after ``idle_exit`` seconds without callers.
 
-Bytes go in through POSIX shared memory (the caller's process only copies them there). GPU results
+Bytes go in through POSIX shared memory: the caller copies them into a segment it reuses, and the
+worker reads that segment itself (the service process passes its name on, never the bytes). GPU results
 come back as ``mmprep.ipc`` handles that the caller opens straight from the worker that made them:
 no copy, no trip through the service process, the worker's lease still guarding the memory. CPU
 results (CPU workers) come back through a shared-memory segment the caller copies; the service
@@ -39,6 +40,7 @@ from .. import errors
 from ..config import settings
 from ..source import Source, read_source
 from .pool import MediaService, ServiceApi, ServiceError, _import
+from .shm import Arena, SharedBytes, attach as _attach_shm
 
 __all__ = ["HostClient", "attach", "default_address", "serve"]
 
@@ -68,19 +70,6 @@ def _file_lock(path: str):
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _attach_shm(name: str) -> SharedMemory:
-    """Open another process's segment without adopting it: Python < 3.13 registers every opened
-    segment with this process's resource tracker, which would unlink it (and warn) at exit."""
-    seg = SharedMemory(name=name)
-    try:
-        from multiprocessing import resource_tracker
-
-        resource_tracker.unregister(seg._name, "shared_memory")  # type: ignore[attr-defined]
-    except Exception:  # noqa: BLE001 - a Python whose tracker does not track opened segments
-        pass
-    return seg
 
 
 # -- the service process ------------------------------------------------------------------------------
@@ -113,13 +102,8 @@ def _serve_connection(conn: Connection, svc: MediaService, clients: list[int], l
                 if op == "stats":
                     conn.send(("ok", {**svc.stats(), "pid": os.getpid()}))
                     continue
-                data = None
-                if shm is not None:
-                    seg = _attach_shm(shm)
-                    try:
-                        data = bytes(seg.buf[:size])
-                    finally:
-                        seg.close()
+                # the caller's segment goes straight to the worker: this process never touches the bytes
+                data = SharedBytes(shm, size) if shm is not None else None
                 payload = svc._call(op, data, options, gpu, timeout, worker, opened=False)
                 out = {}
                 for k, v in payload.items():
@@ -192,6 +176,7 @@ class HostClient(ServiceApi):
     def __init__(self, address: str) -> None:
         self.address = address
         self._local = threading.local()
+        self._arena = Arena()
 
     def _conn(self) -> Connection:
         conn = getattr(self._local, "conn", None)
@@ -225,21 +210,18 @@ class HostClient(ServiceApi):
         return self._call("stats", None, {}, None, None)
 
     def close(self) -> None:
-        """Disconnect this thread (other threads' connections close with their threads or the process)."""
+        """Disconnect this thread (other threads' connections close with their threads or the process) and
+        unlink the idle input segments."""
         self._drop()
+        self._arena.trim()
 
     def _call(self, op: str, source: Source | None, options: dict[str, Any], gpu: int | None,
               timeout: float | None, worker: int | None = None) -> dict[str, Any]:
-        seg, size = None, 0
-        if source is not None:
-            raw = read_source(source, max_bytes=settings().max_bytes)
-            size = len(raw)
-            seg = SharedMemory(create=True, size=max(1, size))
-            seg.buf[:size] = raw
+        lent = self._arena.put(read_source(source, max_bytes=settings().max_bytes)) if source is not None else None
         try:
             conn = self._conn()
             try:
-                conn.send((op, seg.name if seg else None, size, options, gpu, timeout, worker))
+                conn.send((op, lent.name if lent else None, lent.size if lent else 0, options, gpu, timeout, worker))
                 if timeout is not None and not conn.poll(timeout + 5.0):
                     self._drop()  # its answer would arrive out of turn
                     raise ServiceError(f"{op} took longer than timeout={timeout} s at the host service")
@@ -248,9 +230,8 @@ class HostClient(ServiceApi):
                 self._drop()
                 raise ServiceError(f"the mmprep service at {self.address} went away ({type(e).__name__})") from e
         finally:
-            if seg is not None:
-                seg.close()
-                seg.unlink()
+            if lent is not None:  # answered (or given up on): the worker has read the bytes
+                self._arena.give_back(lent)
         status = reply[0]
         if status == "ok":
             return {k: _open(v) for k, v in reply[1].items()} if op != "stats" else reply[1]

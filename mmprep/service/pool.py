@@ -29,6 +29,7 @@ from ..source import Source, read_source
 from ..config import settings
 from ..video import Video
 from . import worker as _worker
+from .shm import Arena, SharedBytes
 
 __all__ = ["ServiceApi", "MediaService", "ServiceError", "WorkerCrashedError", "ServiceBusyError"]
 
@@ -127,6 +128,7 @@ class MediaService(ServiceApi):
         self._ids = itertools.count()
         self._collector: threading.Thread | None = None
         self._closing = threading.Event()
+        self._arena = Arena()
 
     # -- life cycle -------------------------------------------------------------------------------
     def start(self) -> "MediaService":
@@ -167,6 +169,7 @@ class MediaService(ServiceApi):
         if self._collector is not None:
             self._collector.join(5)
         self._collector = None
+        self._arena.trim()
 
     def __enter__(self) -> "MediaService":
         return self.start()
@@ -181,23 +184,28 @@ class MediaService(ServiceApi):
                                  "inflight": len(w.inflight), "restarts": w.restarts, "served": w.served}
                                 for w in self._workers]}
 
-    def _call(self, op: str, source: Source | None, options: dict[str, Any], gpu: int | None,
+    def _call(self, op: str, source: Source | SharedBytes | None, options: dict[str, Any], gpu: int | None,
               timeout: float | None, worker: int | None = None, opened: bool = True) -> dict[str, Any]:
-        """Run ``op`` on a worker; tensors come back opened here, or (``opened=False``) as the worker
+        """Run ``op`` on ``source``'s bytes on a worker; tensors come back opened here, or (``opened=False``) as the worker
         exported them (``("cuda", mmprep.ipc.Handle)`` / ``("cpu", shared tensor)``), for forwarding."""
         if self._collector is None:
             raise ServiceError("the service is not started: call start() or use it as a context manager")
-        data = None
-        if source is not None:
-            raw = read_source(source, max_bytes=settings().max_bytes)
-            data = torch.frombuffer(bytearray(raw), dtype=torch.uint8).share_memory_()  # bytes via shared memory
+        data = lent = None
+        if isinstance(source, SharedBytes):  # already in shared memory (the host service forwards its callers')
+            data = source
+        elif source is not None:
+            data = lent = self._arena.put(read_source(source, max_bytes=settings().max_bytes))
         fut: Future = Future()
         rid = next(self._ids)
-        w = self._dispatch(rid, op, data, options, fut, gpu, worker)
         try:
-            status, payload = fut.result(timeout)
-        except TimeoutError:
-            raise ServiceError(f"{op} took longer than timeout={timeout} s on worker {w.index} ({w.device})") from None
+            w = self._dispatch(rid, op, data, options, fut, gpu, worker)
+            try:
+                status, payload = fut.result(timeout)
+            except TimeoutError:
+                raise ServiceError(f"{op} took longer than timeout={timeout} s on worker {w.index} ({w.device})") from None
+        finally:
+            if lent is not None:  # the worker copied the bytes out before it answered
+                self._arena.give_back(lent)
         if status == "media_error":
             cls = getattr(errors, payload[0], errors.MediaError)
             raise cls(payload[1])

@@ -1,6 +1,6 @@
 """One media worker process: owns one device (a GPU's NVDEC sessions, kernels and budget, or the CPU).
 
-Requests arrive as (id, op, bytes-tensor in shared memory, options); results leave as small messages:
+Requests arrive as (id, op, ``SharedBytes`` naming the caller's shared memory, options); results leave as small messages:
 GPU tensors as ``mmprep.ipc`` handles (the memory stays here, leased to the caller), CPU tensors
 through torch's shared memory. Bad media come back as the ``MediaError`` subclass's name and text.
 """
@@ -14,11 +14,14 @@ from typing import Any
 
 import torch
 
+from .shm import Attached
+
 OPS = ("decode_video", "preprocess_video", "decode_image", "ping")
 """What a worker does: decode a video, decode + preprocess it, decode an image, or answer (after ``delay`` s)."""
 
 _running = [0, 0]  # requests running now, the most seen at once during the current ping
 _running_lock = threading.Lock()
+_inputs = Attached()
 
 
 def _export(t: torch.Tensor, lease_timeout: float) -> Any:
@@ -76,8 +79,7 @@ def main(index: int, device: str, requests, responses, lease_timeout: float, thr
         try:
             if op not in OPS:
                 raise ValueError(f"op must be one of {', '.join(OPS)}, got {op!r}")
-            raw = data.numpy().tobytes() if data is not None else b""
-            del data
+            raw = _inputs.read(data) if data is not None else b""
             responses.put((rid, "ok", index, run_op(op, raw, device, options, lease_timeout)))
         except MediaError as e:
             responses.put((rid, "media_error", index, (type(e).__name__, str(e))))

@@ -1,0 +1,46 @@
+"""Input bytes through reusable shared memory: segments are reused, sized, bounded and never leaked."""
+
+import os
+
+from mmprep.service.shm import Arena, Attached
+
+
+def _segments() -> set[str]:
+    return {n for n in os.listdir("/dev/shm") if not n.startswith("sem.")} if os.path.isdir("/dev/shm") else set()
+
+
+def test_a_segment_is_reused_and_read_back_at_the_size_sent():
+    arena, worker = Arena(), Attached()
+    a = arena.put(b"x" * 3000)
+    assert worker.read(a) == b"x" * 3000
+    arena.give_back(a)
+    b = arena.put(b"shorter")  # the same segment, a shorter payload: only its own bytes come back
+    assert b.name == a.name and worker.read(b) == b"shorter"
+    arena.give_back(b)
+    assert arena.segments() == 1
+    arena.trim()
+    assert arena.segments() == 0
+
+
+def test_requests_in_flight_get_their_own_segments():
+    arena, worker = Arena(), Attached()
+    refs = [arena.put(bytes([i]) * (1 << 20)) for i in range(3)]  # 1 MiB each: the 1 MiB class holds it
+    assert len({r.name for r in refs}) == 3
+    assert [worker.read(r)[:2] for r in refs] == [bytes([i]) * 2 for i in range(3)]
+    for r in refs:
+        arena.give_back(r)
+    arena.trim()
+
+
+def test_idle_segments_stay_within_the_budget_and_leave_nothing_behind():
+    before = _segments()
+    arena = Arena(idle_bytes=2 << 20)
+    refs = [arena.put(b"y" * 100) for _ in range(5)]
+    for r in refs:
+        arena.give_back(r)
+    assert arena.segments() == 2  # 2 MiB budget, 1 MiB segments: the other three are unlinked
+    big = arena.put(b"z" * ((1 << 20) + 1))  # over 1 MiB: the next power of two
+    assert os.path.getsize(f"/dev/shm/{big.name}") == 2 << 20
+    arena.give_back(big)
+    arena.trim()
+    assert _segments() == before
