@@ -338,13 +338,21 @@ def _util(r: dict) -> str:
     return " ".join(f"{a:.0f}/{b:.0f}" for a, b in zip(sm, dec)) if sm else "–"
 
 
+def _failure(r: dict) -> str | None:
+    """Why an arm has no figures: it crashed, or every timed video request failed (with the first error)."""
+    if "failed" in r:
+        return r["failed"]
+    v = r.get("video", {})
+    return None if v.get("ok") else f"no video request succeeded: {(v.get('errors') or ['?'])[0]}"
+
+
 def table(results: list[dict]) -> str:
     rows = ["| arm | video req/s | p50 / p99 s | c=1 latency s | server CPU-ms/req (API server) | GPU MiB | "
             "GPU SM% / NVDEC% (video) | image req/s | bad media |",
             "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        if "failed" in r:
-            rows.append(f"| {r['arm']}{r['tag']} | FAILED: {r['failed'][:80]} |")
+        if why := _failure(r):
+            rows.append(f"| {r['arm']}{r['tag']} | FAILED: {why[:160]} |")
             continue
         v, c1, im, bad = r["video"], r.get("video_c1", {}), r.get("image", {}), r.get("bad_media", {})
         rows.append(
@@ -361,7 +369,7 @@ def plot(results: list[dict], path: str, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ok = [r for r in results if "failed" not in r]
+    ok = [r for r in results if not _failure(r)]
     names = [r["arm"] + r["tag"] for r in ok]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     x = range(len(ok))

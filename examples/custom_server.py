@@ -11,8 +11,6 @@ Without a GPU, frames are decoded on the CPU and the hook runs its torch path.
 Bad media answers 400 (mmprep.MediaError), never a crashed server.
 """
 
-from __future__ import annotations
-
 import argparse
 import os
 

@@ -45,7 +45,7 @@ def test_loader_keeps_frames_on_gpu_within_vllm_budget(registry):
         frames, meta = loader.load_bytes(data, device="cuda")
         assert isinstance(frames, torch.Tensor) and frames.is_cuda and meta["video_backend"] == "mmprep"
         ident = identity.tag_of((frames, meta))  # vLLM identifies GPU frames by it, never hashing pixels
-        other = registry.load("mmprep").load_bytes(data, device="cuda", num_frames=3)[0]  # other frames, same bytes
+        other = registry.load("mmprep").load_bytes(data, device="cuda", num_frames=3, frames_on="device")[0]  # other frames
         assert ident is not None and identity.tag_of(other) not in (None, ident)
         del other
         assert pool.available_bytes == pool.total_bytes - frames.numel()  # held while the frames live

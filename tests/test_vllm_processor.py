@@ -7,6 +7,8 @@ runs mmprep's torch path (``MMPREP_PROCESSOR_DEVICE=cpu``); on a GPU (marked ``g
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pytest
 import torch
@@ -78,10 +80,17 @@ def video_item(t: int, h: int, w: int, seed: int = 0):
 
 
 def apply(proc, prompt: str, mm_data: dict, kwargs: dict | None = None, path: str | None = None,
-          uuids: dict | None = None):
-    """Run ``proc``; ``path`` ("mmprep"/"hf"): the hook's path every sub-processor call must take."""
+          uuids: dict | None = None, cache=None):
+    """Run ``proc``; ``path`` ("mmprep"/"hf"): the hook's path every sub-processor call must take;
+    ``cache``: a processor cache (0.32 takes it per call, 0.26 on the processor)."""
     before = dict(hook.CALLS)
-    out = proc(prompt, proc.info.parse_mm_data(mm_data), uuids, hf_processor_mm_kwargs=kwargs or {})
+    extra = {}
+    if cache is not None:
+        if "cache" in inspect.signature(proc.__call__).parameters:
+            extra["cache"] = cache
+        else:
+            proc.cache = cache
+    out = proc(prompt, proc.info.parse_mm_data(mm_data), uuids, hf_processor_mm_kwargs=kwargs or {}, **extra)
     ran = {k: hook.CALLS[k] - before[k] for k in before}
     if path is None:
         assert not any(ran.values()), f"vLLM's own processor went through the hook: {ran}"
@@ -197,6 +206,27 @@ def test_mmprep_media_identified_by_digest_not_pixels(tiny):
     # Untagged media keep vLLM's own hashing: the same hash as vLLM's processor gives.
     assert apply(mine, prompt, {"video": [item]}, path="mmprep")[0]["mm_hashes"] == apply(
         ref, prompt, {"video": [item]})[0]["mm_hashes"]
+
+
+def test_processor_cache_reparses_video_tensors_untouched(tiny):
+    """With vLLM's processor cache on, cache-miss items are parsed a second time. vLLM 0.26 turned a bare
+    video tensor into numpy there (GPU frames: a 400 for every video request); mmprep's parser keeps the
+    tensor itself, as 0.32 does, and the cached processor still equals vLLM's."""
+    from vllm.multimodal.cache import MultiModalProcessorOnlyCache
+
+    cfg = model_config(tiny, dtype="float32", mm_processor_cache_gb=1)
+    ref, mine = processors(cfg, "cpu")
+    t = torch.from_numpy(video_item(4, 120, 160, 8)[0].copy())
+    video, meta = mine.info.get_data_parser()._get_video_with_metadata(t)
+    assert video is t and meta is None
+    cache = MultiModalProcessorOnlyCache(cfg)
+    item = tagged(video_item(4, 120, 160, 8), b"clip C")
+    prompt = PROMPT.format(VIDEO)
+    first = apply(mine, prompt, {"video": [item]}, path="mmprep", cache=cache)  # a miss: parsed twice
+    second = apply(mine, prompt, {"video": [item]}, cache=cache)  # a hit: no processing at all
+    want = apply(ref, prompt, {"video": [video_item(4, 120, 160, 8)]})
+    assert_same(first, want)
+    assert_same(second, want)
 
 
 def test_digest_covers_source_and_decode_choices():

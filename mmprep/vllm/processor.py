@@ -262,9 +262,28 @@ def options_for(model_config: Any) -> PixelOptions:
     return PixelOptions(device=device, dtype=model_config.dtype, keep_on_device=keep)
 
 
+def keep_video_tensors(parser: Any) -> Any:
+    """``parser`` (vLLM's data parser) made to pass bare video tensors through untouched, as 0.32's does.
+
+    Why: vLLM 0.26 turns a bare video tensor into numpy (``tensor.numpy()``). Qwen2-VL's parser keeps
+    videos bare, and with the processor cache on (vLLM's default) the cache-miss items are parsed again:
+    GPU frames then fail ("can't convert cuda:0 device type tensor to numpy") and the request gets a 400.
+    Returns ``parser``."""
+    own = parser._get_video_with_metadata
+
+    def get_video_with_metadata(video: Any) -> Any:
+        return (video, None) if isinstance(video, torch.Tensor) else own(video)
+
+    parser._get_video_with_metadata = get_video_with_metadata
+    return parser
+
+
 def _info_class(base: type) -> type:
     class MmprepProcessingInfo(base):  # type: ignore[misc, valid-type]
         __doc__ = f"{base.__name__} whose HF processor computes pixels with mmprep."
+
+        def get_data_parser(self):
+            return keep_video_tensors(super().get_data_parser())
 
         def get_hf_processor(self, **kwargs: object):
             hf = super().get_hf_processor(**kwargs)
