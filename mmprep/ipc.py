@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .device import wait_idle
+
 __all__ = ["Handle", "LeaseExpiredError", "share", "open", "release", "wait_released", "outstanding", "close_idle"]
 
 logger = logging.getLogger("mmprep")
@@ -404,7 +406,7 @@ class _Mapping:
         h = self.handle
         # Work queued on this process's stream may still read the memory: finish it before the
         # producer may hand the memory to something else.
-        torch.cuda.current_stream(self.device).synchronize()
+        wait_idle(torch.cuda.current_stream(self.device))
         t = _tables.get(h.table)
         if t is not None:
             gen, _, _ = t.get(h.slot)

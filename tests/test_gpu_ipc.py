@@ -226,3 +226,19 @@ def test_reopening_the_same_memory_reuses_the_mapping(consumer):
         assert status == "done", rest
         assert rest[0] == value * buf.numel()
         assert ipc.wait_released(h, timeout=5)
+
+
+def test_wait_idle_returns_after_the_streams_work():
+    """``device.wait_idle`` (a sleeping wait, used instead of ``stream.synchronize()``) waits for queued work."""
+    from mmprep.device import wait_idle
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    s = torch.cuda.Stream()
+    with torch.cuda.stream(s):
+        torch.cuda._sleep(200_000_000)  # ~0.1 s of GPU time queued behind the call
+        done = torch.cuda.Event()
+        done.record(s)
+    assert not done.query()
+    wait_idle(s)
+    assert done.query()

@@ -15,6 +15,7 @@ import threading
 import torch
 
 from ..config import settings
+from ..device import wait_idle
 from ..errors import CorruptMediaError, UnsupportedCodecError
 from ..probe import Probe, StreamInfo
 from ..sampling import DecodePlan
@@ -279,5 +280,5 @@ def _decode(data: bytes, probe: Probe, plan: DecodePlan, count: int, gpu: int | 
             with torch.cuda.device(session.gpu), torch.cuda.stream(caller_stream):
                 return nv12_to_rgb(out, info.height, info.width, matrix=info.matrix, full_range=info.full_range)
         finally:
-            session.stream.synchronize()  # work queued into our buffers must land before their memory is reused
+            wait_idle(session.stream)  # work queued into our buffers must land before their memory is reused
             out = rgb = None  # free buffers now, also when an error's traceback outlives this call

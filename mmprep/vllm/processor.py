@@ -29,6 +29,7 @@ from vllm.logger import init_logger
 from . import identity
 from .. import memory
 from ..config import settings
+from ..device import wait_idle
 from ..transforms.pipeline import patch_items
 from ..transforms.profiles import ImageSettings
 
@@ -181,7 +182,7 @@ def _place(out: Any, opts: PixelOptions) -> Any:
         if v.is_cuda and not opts.keep_on_device:
             host = torch.empty(v.shape, dtype=v.dtype, pin_memory=True)
             host.copy_(v, non_blocking=True)
-            torch.cuda.current_stream(v.device).synchronize()
+            wait_idle(torch.cuda.current_stream(v.device))
             v = host
         out[k] = v
     return out
