@@ -119,16 +119,17 @@ def _own_gpu(gpu: int, data: bytes, idx: list[int], threads: int, videos: int, g
     out.put(drive(run, data, threads, videos, children=False))
 
 
-def per_gpu_arm(gpus: list[int], data: bytes, idx: list[int], threads: int, videos: int) -> dict:
-    """One process per GPU, each ``threads`` threads and ``videos`` videos; rates over the common wall time."""
+def together(target, arg_sets: list[tuple], warm_s: float) -> dict:
+    """Run ``target(*args, go, out)`` in one spawned process per ``args``; start their clocks together after
+    ``warm_s`` s of warm-up; videos/s over the common wall time, the processes' CPU per video summed."""
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
     go, out = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=_own_gpu, args=(g, data, idx, threads, videos, go, out)) for g in gpus]
+    procs = [ctx.Process(target=target, args=(*args, go, out)) for args in arg_sets]
     for p in procs:
         p.start()
-    time.sleep(8)  # contexts, kernels and decoders warm in every process before the clock starts
+    time.sleep(warm_s)
     t0 = time.perf_counter()
     go.set()
     parts = [out.get(timeout=600) for _ in procs]
@@ -141,9 +142,13 @@ def per_gpu_arm(gpus: list[int], data: bytes, idx: list[int], threads: int, vide
             "worker_cpu_ms_per_video": float("nan")}
 
 
+def per_gpu_arm(gpus: list[int], data: bytes, idx: list[int], threads: int, videos: int) -> dict:
+    """One process per GPU, each ``threads`` threads and ``videos`` videos (contexts, kernels, decoders warm first)."""
+    return together(_own_gpu, [(g, data, idx, threads, videos) for g in gpus], warm_s=8)
+
+
 def host_arm(gpus: list[int], w: int, clients: int, data: bytes, idx: list[int], threads: int, videos: int) -> dict:
     """The host's service with ``clients`` caller processes; videos/s over all, CPU of the callers summed."""
-    import multiprocessing as mp
     import os
     import signal
 
@@ -152,27 +157,12 @@ def host_arm(gpus: list[int], w: int, clients: int, data: bytes, idx: list[int],
     address = f"/tmp/mmprep-bench-{os.getpid()}.sock"
     host = attach(address, gpus=gpus, workers_per_gpu=w, idle_exit=30)
     host_pid = host.stats()["pid"]
-    ctx = mp.get_context("spawn")
-    go, out = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=_client, args=(address, data, idx, max(1, threads // clients),
-                                               videos // clients, go, out)) for _ in range(clients)]
-    for p in procs:
-        p.start()
-    time.sleep(5)  # let every client attach and warm up before the clock starts
-    t0 = time.perf_counter()
-    go.set()
-    parts = [out.get(timeout=600) for _ in procs]
-    wall = time.perf_counter() - t0
-    for p in procs:
-        p.join(30)
+    r = together(_client, [(address, data, idx, max(1, threads // clients), videos // clients)] * clients, warm_s=5)
     os.kill(host_pid, signal.SIGTERM)
     for suffix in (".key", ".lock", ".log"):
         if os.path.exists(address + suffix):
             os.unlink(address + suffix)
-    n = sum(r["videos"] for r in parts)
-    return {"videos": n, "wall_s": wall, "videos_per_s": n / wall, "clients": clients,
-            "caller_cpu_ms_per_video": sum(r["caller_cpu_ms_per_video"] * r["videos"] for r in parts) / n,
-            "worker_cpu_ms_per_video": float("nan")}
+    return {**r, "clients": clients}
 
 
 def main() -> None:

@@ -28,6 +28,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client, Connection, Listener
 from multiprocessing.shared_memory import SharedMemory
@@ -177,6 +178,7 @@ class HostClient(ServiceApi):
         self.address = address
         self._local = threading.local()
         self._arena = Arena()
+        weakref.finalize(self, self._arena.trim)  # also at exit: no idle segment outlives the process
 
     def _conn(self) -> Connection:
         conn = getattr(self._local, "conn", None)

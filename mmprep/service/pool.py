@@ -18,6 +18,7 @@ import logging
 import queue
 import threading
 import time
+import weakref
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -129,6 +130,7 @@ class MediaService(ServiceApi):
         self._collector: threading.Thread | None = None
         self._closing = threading.Event()
         self._arena = Arena()
+        weakref.finalize(self, self._arena.trim)  # a service never closed leaves no idle segment at exit
 
     # -- life cycle -------------------------------------------------------------------------------
     def start(self) -> "MediaService":
