@@ -186,3 +186,18 @@ def test_no_shared_memory_or_descriptor_left_behind(service):
     time.sleep(0.2)
     fds, shm = len(os.listdir("/proc/self/fd")), _segments()
     assert fds <= before[0] and shm == before[1]  # 60 requests: a leak per request would show as +30 or more
+
+
+def test_a_worker_that_keeps_dying_while_starting_is_a_clear_error(tmp_path):
+    """A script without the ``__main__`` guard makes every spawned worker die while starting: start() says
+    so after a few tries instead of restarting it until ``start_timeout``."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "no_guard.py"
+    script.write_text("from mmprep.service import MediaService\n"
+                      "svc = MediaService(cpu_workers=1, start_timeout=120).start()\n")
+    t0 = time.monotonic()
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=180)
+    assert run.returncode != 0 and time.monotonic() - t0 < 100
+    assert "died 3 times while starting" in run.stderr and '__name__ == "__main__"' in run.stderr

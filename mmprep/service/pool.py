@@ -59,6 +59,10 @@ class _Worker:
     ready: threading.Event = field(default_factory=threading.Event)
     restarts: int = 0
     served: int = 0
+    early_exits: int = 0
+    """Exits in a row before the worker said it was ready (reset when it is)."""
+    broken: str | None = None
+    """Why this worker is no longer restarted (it kept dying while starting)."""
 
 
 class ServiceApi:
@@ -147,9 +151,11 @@ class MediaService(ServiceApi):
         self._collector.start()
         deadline = time.monotonic() + self.start_timeout
         for w in self._workers:
-            if not w.ready.wait(max(0.0, deadline - time.monotonic())):
-                self.close()
-                raise ServiceError(f"worker {w.index} ({w.device}) did not start within {self.start_timeout} s")
+            while not w.ready.wait(0.1):
+                if w.broken or time.monotonic() > deadline:
+                    self.close()
+                    raise ServiceError(w.broken or f"worker {w.index} ({w.device}) did not start within "
+                                                     f"{self.start_timeout} s")
         return self
 
     def close(self) -> None:
@@ -224,11 +230,13 @@ class MediaService(ServiceApi):
                 raise ValueError(f"gpu must be one of the service's GPUs {sorted({w.device for w in self._workers})}, got {gpu}")
         else:
             pool = self._workers
+        if all(w.broken for w in pool):
+            raise ServiceError(pool[0].broken)
         deadline = time.monotonic() + self.submit_timeout
         while True:
             with self._lock:
                 for w in sorted(pool, key=lambda w: len(w.inflight)):  # least loaded first
-                    if len(w.inflight) < self.queue_depth and w.ready.is_set():
+                    if len(w.inflight) < self.queue_depth and w.ready.is_set() and not w.broken:
                         w.inflight[rid] = (fut, time.monotonic())
                         w.requests.put((rid, op, data, options))
                         return w
@@ -263,6 +271,7 @@ class MediaService(ServiceApi):
             except (EOFError, OSError):
                 return
             if rid == "ready":
+                self._workers[index].early_exits = 0
                 self._workers[index].ready.set()
                 continue
             with self._lock:
@@ -272,10 +281,19 @@ class MediaService(ServiceApi):
             if fut is not None and not fut.done():
                 fut.set_result((status, payload))
 
+    def _give_up(self, w: _Worker, why: str) -> None:
+        """Stop restarting ``w``: it died ``_EARLY_EXITS`` times while starting; its requests fail."""
+        w.broken = (f"worker {w.index} ({w.device}) died {w.early_exits} times while starting ({why}; its "
+                    "traceback is on this process's stderr). A common cause: a script that creates the service outside "
+                    "`if __name__ == \"__main__\":` (workers start with spawn, which runs the main module again)")
+        logger.error("mmprep service: %s", w.broken)
+        w.process.join(1)
+        self._fail(w, ServiceError(w.broken))
+
     def _check_workers(self) -> None:
         now = time.monotonic()
         for w in self._workers:
-            if w.process is None or self._closing.is_set():
+            if w.process is None or w.broken or self._closing.is_set():
                 continue
             with self._lock:
                 oldest = min((t for _, t in w.inflight.values()), default=now)
@@ -284,6 +302,11 @@ class MediaService(ServiceApi):
             if not (dead or hung):
                 continue
             why = f"exit code {w.process.exitcode}" if dead else f"no answer for {self.hang_timeout} s"
+            if dead and not w.ready.is_set():
+                w.early_exits += 1
+                if w.early_exits >= _EARLY_EXITS:
+                    self._give_up(w, why)
+                    continue
             logger.warning("mmprep service: worker %d (%s) %s; restarting it", w.index, w.device, why)
             if not dead:
                 w.process.kill()
@@ -297,6 +320,10 @@ class MediaService(ServiceApi):
                     fut.set_exception(WorkerCrashedError(
                         f"worker {w.index} ({w.device}) {'died' if dead else 'hung'} ({why}) while running this "
                         "request; it was replaced"))
+
+
+_EARLY_EXITS = 3
+"""A worker that dies this many times in a row before it is ready is not started again."""
 
 
 def _import(value: Any) -> Any:
