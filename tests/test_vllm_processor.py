@@ -273,6 +273,24 @@ def test_gpu_video_equals_vllm_processor_on_gpu_frames(tiny, dtype, device_norm,
 
 
 @pytest.mark.gpu
+def test_gpu_frames_with_the_processor_cache_on(tiny):
+    """vLLM's default deployment keeps the processor cache on: GPU frames tagged by mmprep's loader go
+    through its cache-miss re-parse (0.26 called ``.numpy()`` on them) and then hit the cache."""
+    from vllm.multimodal.cache import MultiModalProcessorOnlyCache
+
+    cfg = model_config(tiny, dtype="bfloat16", mm_processor_cache_gb=1)
+    ref, mine = processors(cfg, "cuda")
+    frames, meta = video_item(4, 120, 160, 9)
+    gpu = identity.tag(torch.from_numpy(frames.copy()).cuda(), identity.digest(b"clip G", "video", [0, 1, 2, 3]))
+    cache, prompt = MultiModalProcessorOnlyCache(cfg), PROMPT.format(VIDEO)
+    first = apply(mine, prompt, {"video": [(gpu, meta)]}, path="mmprep", cache=cache)
+    second = apply(mine, prompt, {"video": [(gpu, meta)]}, cache=cache)
+    assert first[0]["mm_hashes"] == second[0]["mm_hashes"] == {"video": [identity.tag_of(gpu)]}
+    assert torch.equal(first[1]["pixel_values_videos"], second[1]["pixel_values_videos"])
+    assert first[1]["video_grid_thw"].tolist() == apply(ref, prompt, {"video": [(frames, meta)]})[1]["video_grid_thw"].tolist()
+
+
+@pytest.mark.gpu
 def test_gpu_video_vs_vllm_cpu_processor_same_tokens(tiny):
     """GPU vs vLLM's CPU processor: same prompt and grid. Pixels are not compared for equality: HF itself
     resizes uint8 differently on the CPU (integer weights, rounding between the passes) and on the GPU
