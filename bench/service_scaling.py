@@ -35,8 +35,10 @@ PREPROCESS = {"profile": "qwen2_vl", "dtype": torch.bfloat16}
 
 
 def _children_cpu() -> float:
-    import psutil
-
+    try:
+        import psutil
+    except ImportError:  # the workers' CPU is then not reported
+        return float("nan")
     return cpu_seconds(psutil.Process().children(recursive=True))
 
 
