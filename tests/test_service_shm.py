@@ -44,3 +44,21 @@ def test_idle_segments_stay_within_the_budget_and_leave_nothing_behind():
     arena.give_back(big)
     arena.trim()
     assert _segments() == before
+
+
+def test_small_cpu_results_travel_by_value():
+    """grid_thw and other small CPU results go by value: no shared-memory segment or descriptor per tensor."""
+    import torch
+
+    from mmprep.service.pool import _import
+    from mmprep.service.worker import _export
+
+    before = _segments()
+    for t in (torch.tensor([[4, 40, 72]]), torch.zeros(0, 3, dtype=torch.long), torch.randn(5, 7).to(torch.bfloat16)):
+        sent = _export(t, lease_timeout=1.0)
+        assert sent[0] == "bytes" and not t.is_shared()
+        back = _import(sent)
+        assert back.dtype == t.dtype and torch.equal(back, t)
+    big = torch.zeros(1 << 17, dtype=torch.uint8)  # 128 KiB: shared memory, not a copy in the message
+    assert _export(big, lease_timeout=1.0)[0] == "cpu" and big.is_shared()
+    assert _segments() == before  # torch's shared CPU tensors use unlinked segments

@@ -328,6 +328,11 @@ _EARLY_EXITS = 3
 
 def _import(value: Any) -> Any:
     """A worker's exported tensor as a tensor in this process (GPU: the same memory, by CUDA IPC)."""
+    if isinstance(value, tuple) and len(value) == 4 and value[0] == "bytes":  # a small CPU tensor, by value
+        _, raw, shape, dtype = value
+        if not raw:
+            return torch.empty(shape, dtype=getattr(torch, dtype))
+        return torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(getattr(torch, dtype)).reshape(shape)
     if isinstance(value, tuple) and len(value) == 2 and value[0] in ("cuda", "cpu"):
         if value[0] == "cuda":
             from .. import ipc

@@ -24,11 +24,18 @@ _running_lock = threading.Lock()
 _inputs = Attached()
 
 
+SMALL_BYTES = 64 << 10
+"""CPU tensors up to this size travel by value: sharing one costs a segment and a descriptor hand-off."""
+
+
 def _export(t: torch.Tensor, lease_timeout: float) -> Any:
     if t.is_cuda:
         from .. import ipc
 
         return ("cuda", ipc.share(t, timeout=lease_timeout))
+    if t.numel() * t.element_size() <= SMALL_BYTES:  # e.g. grid_thw
+        raw = t.contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+        return ("bytes", raw, tuple(t.shape), str(t.dtype).removeprefix("torch."))
     return ("cpu", t.share_memory_() if not t.is_shared() else t)
 
 
