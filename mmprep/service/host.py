@@ -41,7 +41,7 @@ from .. import errors
 from ..config import settings
 from ..source import Source, read_source
 from .pool import MediaService, ServiceApi, ServiceError, _import
-from .shm import Arena, SharedBytes, attach as _attach_shm
+from .shm import Arena, Mapped, SharedBytes, from_bytes, to_bytes
 
 __all__ = ["HostClient", "attach", "default_address", "serve"]
 
@@ -76,10 +76,11 @@ def _file_lock(path: str):
 # -- the service process ------------------------------------------------------------------------------
 def _to_shm(t: torch.Tensor) -> tuple[SharedMemory, tuple]:
     """A CPU tensor copied into a new shared-memory segment, and how the caller rebuilds it."""
-    flat = t.contiguous().view(-1).view(torch.uint8)
+    flat, shape, dtype = to_bytes(t)
     seg = SharedMemory(create=True, size=max(1, flat.numel()))
-    torch.frombuffer(seg.buf, dtype=torch.uint8, count=flat.numel()).copy_(flat)
-    return seg, ("shm", seg.name, tuple(t.shape), str(t.dtype).removeprefix("torch."))
+    if flat.numel():
+        torch.frombuffer(seg.buf, dtype=torch.uint8, count=flat.numel()).copy_(flat)
+    return seg, ("shm", seg.name, shape, dtype)
 
 
 def _unlink(segments: list[SharedMemory]) -> None:
@@ -251,14 +252,11 @@ def _open(value: Any) -> Any:
     """A result value as a tensor of this process: GPU memory opened by CUDA IPC, or a shared-memory copy."""
     if isinstance(value, tuple) and len(value) == 4 and value[0] == "shm":
         _, name, shape, dtype = value
-        seg = _attach_shm(name)
+        seg = Mapped(name)
         try:
-            out = torch.empty(shape, dtype=getattr(torch, dtype))
-            flat = out.view(-1).view(torch.uint8)
-            flat.copy_(torch.frombuffer(seg.buf, dtype=torch.uint8, count=flat.numel()))
+            return from_bytes(seg.buf, shape, dtype)
         finally:
             seg.close()
-        return out
     return _import(value)  # GPU handles opened as the local pool opens them
 
 

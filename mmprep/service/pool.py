@@ -30,7 +30,7 @@ from ..source import Source, read_source
 from ..config import settings
 from ..video import Video
 from . import worker as _worker
-from .shm import Arena, SharedBytes
+from .shm import Arena, SharedBytes, from_bytes
 
 __all__ = ["ServiceApi", "MediaService", "ServiceError", "WorkerCrashedError", "ServiceBusyError"]
 
@@ -329,10 +329,7 @@ _EARLY_EXITS = 3
 def _import(value: Any) -> Any:
     """A worker's exported tensor as a tensor in this process (GPU: the same memory, by CUDA IPC)."""
     if isinstance(value, tuple) and len(value) == 4 and value[0] == "bytes":  # a small CPU tensor, by value
-        _, raw, shape, dtype = value
-        if not raw:
-            return torch.empty(shape, dtype=getattr(torch, dtype))
-        return torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(getattr(torch, dtype)).reshape(shape)
+        return from_bytes(value[1], value[2], value[3])
     if isinstance(value, tuple) and len(value) == 2 and value[0] in ("cuda", "cpu"):
         if value[0] == "cuda":
             from .. import ipc

@@ -14,8 +14,12 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from multiprocessing.shared_memory import SharedMemory
+from typing import Any
 
-__all__ = ["SharedBytes", "Arena", "Attached", "Mapped", "attach"]
+import numpy as np
+import torch
+
+__all__ = ["SharedBytes", "Arena", "Attached", "Mapped", "to_bytes", "from_bytes"]
 
 _MIN_SEGMENT = 1 << 20
 
@@ -29,7 +33,8 @@ class SharedBytes:
 
 
 class Mapped:
-    """Another process's segment, mapped here: ``buf`` (a memoryview) and ``close()``."""
+    """Another process's segment ``name``, mapped here without taking ownership (this process never
+    unlinks it): ``buf`` (a memoryview) and ``close()``."""
 
     def __init__(self, name: str) -> None:
         import _posixshmem
@@ -48,9 +53,17 @@ class Mapped:
         self._map.close()
 
 
-def attach(name: str) -> Mapped:
-    """Map another process's segment ``name`` without taking ownership (this process never unlinks it)."""
-    return Mapped(name)
+def to_bytes(t: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...], str]:
+    """``t`` as a flat uint8 tensor (contiguous), its shape and dtype name: what ``from_bytes`` rebuilds from."""
+    return t.contiguous().view(-1).view(torch.uint8), tuple(t.shape), str(t.dtype).removeprefix("torch.")
+
+
+def from_bytes(buf: Any, shape: tuple[int, ...], dtype: str) -> torch.Tensor:
+    """A new tensor of ``shape`` and ``dtype`` (a name) copied from the start of ``buf``."""
+    out = torch.empty(shape, dtype=getattr(torch, dtype))
+    flat = out.view(-1).view(torch.uint8).numpy()
+    flat[:] = np.frombuffer(buf, dtype=np.uint8, count=flat.size)  # numpy: read-only bytes copy without a warning
+    return out
 
 
 class Arena:
@@ -120,7 +133,7 @@ class Attached:
         with self._lock:
             seg = self._open.pop(ref.name, None)
         if seg is None:
-            seg = attach(ref.name)
+            seg = Mapped(ref.name)
         data = bytes(seg.buf[: ref.size])
         with self._lock:
             self._open[ref.name] = seg

@@ -2,7 +2,7 @@
 
 Requests arrive as (id, op, ``SharedBytes`` naming the caller's shared memory, options); results leave as small messages:
 GPU tensors as ``mmprep.ipc`` handles (the memory stays here, leased to the caller), CPU tensors
-through torch's shared memory. Bad media come back as the ``MediaError`` subclass's name and text.
+through torch's shared memory (small ones by value). Bad media come back as the ``MediaError`` subclass's name and text.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .shm import Attached
+from .shm import Attached, to_bytes
 
 OPS = ("decode_video", "preprocess_video", "decode_image", "ping")
 """What a worker does: decode a video, decode + preprocess it, decode an image, or answer (after ``delay`` s)."""
@@ -34,8 +34,8 @@ def _export(t: torch.Tensor, lease_timeout: float) -> Any:
 
         return ("cuda", ipc.share(t, timeout=lease_timeout))
     if t.numel() * t.element_size() <= SMALL_BYTES:  # e.g. grid_thw
-        raw = t.contiguous().view(-1).view(torch.uint8).numpy().tobytes()
-        return ("bytes", raw, tuple(t.shape), str(t.dtype).removeprefix("torch."))
+        flat, shape, dtype = to_bytes(t)
+        return ("bytes", flat.numpy().tobytes(), shape, dtype)
     return ("cpu", t.share_memory_() if not t.is_shared() else t)
 
 
