@@ -20,7 +20,9 @@ from .util import VIDEOS_PER_THREAD, kernels_ready, run_rounds, run_threads, sam
 
 CLIP = "h264_1080p_gop250"
 THREADS_PER_GPU = 16
-GPU_COUNTS = list(range(1, max(1, torch.cuda.device_count()) + 1))
+_N = max(1, torch.cuda.device_count())
+GPU_COUNTS = sorted({1, _N} | {2**k for k in range(_N.bit_length()) if 2**k <= _N})
+"""1, 2, 4, ... and every GPU of the machine."""
 PREPROCESS = {"profile": "qwen2_vl", "dtype": torch.bfloat16}
 
 

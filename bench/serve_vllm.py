@@ -272,7 +272,9 @@ def server_cmd(a, arm: str) -> tuple[list[str], dict]:
         cmd += ["--media-io-kwargs", json.dumps({"video": {"device": a.decode_device}})]
     if arm == "mmprep-workers":
         env["MMPREP_WORKERS"] = str(a.workers)
-        env["MMPREP_SERVICE"] = "host"  # DP>1: every API server attaches to one service
+        # DP>1: every API server attaches to one service. Its own socket per arm: a service that an earlier arm
+        # started (with other visible GPUs) lives on for a minute after its server, and would be attached to.
+        env["MMPREP_SERVICE"] = f"/tmp/mmprep-bench{a.tag}-{a.port}.sock"
     if arm == "ceiling-mmprep":
         env["MMPREP_MEDIA_CACHE_MB"] = "4096"
     return cmd + a.extra, env

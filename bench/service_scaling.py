@@ -77,17 +77,29 @@ def drive(fn, data: bytes, threads: int, videos: int, children: bool = True) -> 
             "worker_cpu_ms_per_video": 1000 * (_children_cpu() - k0) / videos if children else float("nan")}
 
 
-def latency_ms(fn, data: bytes, n: int = 12) -> float:
-    """Median wall ms of one request at a time (low load), after one warm request."""
+def latency_ms(fn, data: bytes, n: int = 12, busy=None) -> dict:
+    """Median wall ms of one request at a time (low load), after one warm request; with ``busy`` (a service's
+    total worker seconds so far) also the median ms the worker spent on each request."""
     fn(data)
-    times = []
+    times, spent = [], []
     for _ in range(n):
+        b0 = busy() if busy else 0.0
         t0 = time.perf_counter()
         fn(data)
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         times.append(1000 * (time.perf_counter() - t0))
-    return sorted(times)[len(times) // 2]
+        if busy:
+            spent.append(1000 * (busy() - b0))
+    med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
+    out = {"latency_ms_c1": med(times)}
+    if busy:
+        out["worker_ms_c1"] = med(spent)
+    return out
+
+
+def _busy(svc) -> float:
+    return sum(w["busy_s"] for w in svc.stats()["workers"])
 
 
 def _client(address: str, data: bytes, idx: list[int], threads: int, videos: int, go, out) -> None:
@@ -177,6 +189,8 @@ def main() -> None:
     ap.add_argument("--clip", default="h264_1080p_gop250")
     ap.add_argument("--arms", default="in-process,per-gpu,service",
                     help="of in-process, per-gpu, service (host arms follow --clients)")
+    ap.add_argument("--in-process-gpus", default=None,
+                    help="GPU counts for the in-process arm (default: every count; it stays at one GPU's rate)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
 
@@ -202,10 +216,9 @@ def main() -> None:
             mmprep.preprocess(videos=[v], device=v.frames.device, **PREPROCESS)
 
         arms = a.arms.split(",")
-        if "in-process" in arms:
+        if "in-process" in arms and (a.in_process_gpus is None or str(n) in a.in_process_gpus.split(",")):
             r = drive(in_process, data, a.threads_per_gpu * n, a.videos_per_gpu * n)
-            results.append({"arm": "in-process", "gpus": n, "workers_per_gpu": 0, **r,
-                            "latency_ms_c1": latency_ms(in_process, data)})
+            results.append({"arm": "in-process", "gpus": n, "workers_per_gpu": 0, **r, **latency_ms(in_process, data)})
             print(json.dumps(results[-1]), flush=True)
         if "per-gpu" in arms:
             r = per_gpu_arm(gpus, data, idx, a.threads_per_gpu, a.videos_per_gpu)
@@ -218,7 +231,8 @@ def main() -> None:
                     assert out["pixel_values_videos"].is_cuda
 
                 r = drive(served, data, a.threads_per_gpu * n, a.videos_per_gpu * n)
-                r["latency_ms_c1"] = latency_ms(served, data)
+                r.update(latency_ms(served, data, busy=lambda: _busy(svc)))
+                r["ping_ms_c1"] = latency_ms(lambda _: svc.ping(), b"")["latency_ms_c1"]
             results.append({"arm": "service", "gpus": n, "workers_per_gpu": w, **r})
             print(json.dumps(results[-1]), flush=True)
             for c in [int(x) for x in a.clients.split(",") if x]:
@@ -228,7 +242,7 @@ def main() -> None:
     meta = {"date": time.strftime("%Y-%m-%d"), "device": torch.cuda.get_device_name(0), "gpus_visible": n_all,
             "clip": a.clip, "frames": len(idx), "threads_per_gpu": a.threads_per_gpu, "torch": torch.__version__}
     rows = ["| arm | GPUs | workers/GPU | videos/s | x same arm, fewest GPUs | x in-process, 1 GPU | caller CPU-ms/video |"
-            " worker CPU-ms/video | ms, one at a time |", "|---|---|---|---|---|---|---|---|---|"]
+            " worker CPU-ms/video | ms, one at a time (in the worker; ping) |", "|---|---|---|---|---|---|---|---|---|"]
     base = {(r["arm"], r["workers_per_gpu"]): r["videos_per_s"] for r in results if r["gpus"] == counts[0]}
     one_gpu = next((r["videos_per_s"] for r in results if r["arm"] == "in-process" and r["gpus"] == 1), float("nan"))
     for r in results:
@@ -236,13 +250,20 @@ def main() -> None:
         rows.append(f"| {r['arm']} | {r['gpus']} | {r['workers_per_gpu'] or '-'} | {r['videos_per_s']:.1f} | "
                     f"{r['videos_per_s'] / one:.2f} | {r['videos_per_s'] / one_gpu:.2f} | "
                     f"{r['caller_cpu_ms_per_video']:.1f} | {r['worker_cpu_ms_per_video']:.0f} | "
-                    f"{r.get('latency_ms_c1', float('nan')):.1f} |")
+                    f"{_latency(r)} |")
     print("\n".join(rows))
     if a.out:
         Path(a.out).write_text(json.dumps({"meta": meta, "results": results}, indent=1))
         Path(a.out).with_suffix(".md").write_text(
             f"# mmprep.service scaling, {meta['date']}, {meta['device']} x{n_all}, {a.clip}\n\n" + "\n".join(rows) + "\n")
         plot(results, str(Path(a.out).with_suffix(".png")), f"{a.clip}, {meta['device']}, {meta['date']}")
+
+
+def _latency(r: dict) -> str:
+    if "latency_ms_c1" not in r:
+        return "-"
+    extra = f" ({r['worker_ms_c1']:.1f}; {r['ping_ms_c1']:.2f})" if "worker_ms_c1" in r else ""
+    return f"{r['latency_ms_c1']:.1f}{extra}"
 
 
 def plot(results: list[dict], png: str, title: str) -> None:

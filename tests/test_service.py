@@ -47,6 +47,16 @@ def test_images_decode_in_a_worker(service):
         service.decode_image(data, max_pixels=100)
 
 
+def test_stats_count_the_time_workers_spend_on_requests(service):
+    before = service.stats()["workers"][0]
+    t0 = time.perf_counter()
+    service.ping(delay=0.2, worker=0)
+    wall = time.perf_counter() - t0
+    after = service.stats()["workers"][0]
+    assert after["served"] == before["served"] + 1
+    assert 0.2 <= after["busy_s"] - before["busy_s"] <= wall  # the worker's share of the caller's wall time
+
+
 def test_bad_media_raise_the_same_error_and_the_worker_lives(service):
     pids = [w["pid"] for w in service.stats()["workers"]]
     for _ in range(4):

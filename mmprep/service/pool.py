@@ -59,6 +59,8 @@ class _Worker:
     ready: threading.Event = field(default_factory=threading.Event)
     restarts: int = 0
     served: int = 0
+    busy_s: float = 0.0
+    """Seconds the worker spent on the requests it answered (from reading the input to the answer)."""
     early_exits: int = 0
     """Exits in a row before the worker said it was ready (reset when it is)."""
     broken: str | None = None
@@ -186,10 +188,12 @@ class MediaService(ServiceApi):
         self.close()
 
     def stats(self) -> dict[str, Any]:
-        """Per worker: device, pid, requests in flight, restarts, requests answered."""
+        """Per worker: device, pid, requests in flight, restarts, requests answered and the seconds spent on them
+        (``busy_s``: a caller's wall time minus the worker's is the service's own overhead)."""
         with self._lock:
             return {"workers": [{"device": w.device, "pid": w.process.pid if w.process else None,
-                                 "inflight": len(w.inflight), "restarts": w.restarts, "served": w.served}
+                                 "inflight": len(w.inflight), "restarts": w.restarts, "served": w.served,
+                                 "busy_s": w.busy_s}
                                 for w in self._workers]}
 
     def _call(self, op: str, source: Source | SharedBytes | None, options: dict[str, Any], gpu: int | None,
@@ -264,7 +268,7 @@ class MediaService(ServiceApi):
     def _collect(self) -> None:
         while not self._closing.is_set():
             try:
-                rid, status, index, payload = self._responses.get(timeout=0.05)
+                rid, status, index, payload, spent = self._responses.get(timeout=0.05)
             except queue.Empty:
                 self._check_workers()
                 continue
@@ -278,6 +282,7 @@ class MediaService(ServiceApi):
                 w = self._workers[index]
                 fut, _ = w.inflight.pop(rid, (None, 0.0))
                 w.served += 1
+                w.busy_s += spent
             if fut is not None and not fut.done():
                 fut.set_result((status, payload))
 

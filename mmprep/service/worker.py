@@ -1,6 +1,7 @@
 """One media worker process: owns one device (a GPU's NVDEC sessions, kernels and budget, or the CPU).
 
-Requests arrive as (id, op, ``SharedBytes`` naming the caller's shared memory, options); results leave as small messages:
+Requests arrive as (id, op, ``SharedBytes`` naming the caller's shared memory, options); results leave as small messages
+(id, status, worker index, payload, seconds the worker spent on the request):
 GPU tensors as ``mmprep.ipc`` handles (the memory stays here, leased to the caller), CPU tensors
 through torch's shared memory (small ones by value). Bad media come back as the ``MediaError`` subclass's name and text.
 """
@@ -76,25 +77,27 @@ def main(index: int, device: str, requests, responses, lease_timeout: float, thr
         from mmprep import kernels
 
         kernels.fused(wait=True)  # built once per machine (cached on disk), loaded per worker
-    responses.put(("ready", "ready", index, None))
+    responses.put(("ready", "ready", index, None, 0.0))
     del mmprep
 
     def serve(rid, op, data, options) -> None:
         with _running_lock:
             _running[0] += 1
             _running[1] = max(_running[1], _running[0])
+        t0 = time.perf_counter()
         try:
             if op not in OPS:
                 raise ValueError(f"op must be one of {', '.join(OPS)}, got {op!r}")
             raw = _inputs.read(data) if data is not None else b""
-            responses.put((rid, "ok", index, run_op(op, raw, device, options, lease_timeout)))
+            status, payload = "ok", run_op(op, raw, device, options, lease_timeout)
         except MediaError as e:
-            responses.put((rid, "media_error", index, (type(e).__name__, str(e))))
+            status, payload = "media_error", (type(e).__name__, str(e))
         except Exception as e:  # noqa: BLE001 - reported to the caller, the worker lives on
-            responses.put((rid, "error", index, (type(e).__name__, str(e))))
+            status, payload = "error", (type(e).__name__, str(e))
         finally:
             with _running_lock:
                 _running[0] -= 1
+        responses.put((rid, status, index, payload, time.perf_counter() - t0))
 
     with ThreadPoolExecutor(threads, thread_name_prefix=f"mmprep-worker-{index}") as pool:
         while True:
