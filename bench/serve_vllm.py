@@ -41,20 +41,42 @@ sys.path.insert(0, str(ROOT))  # run as a script: bench.util beside it
 from bench.util import cpu_seconds  # noqa: E402
 
 
-def make_media(d: Path, clips: int) -> dict[str, list[Path]]:
-    """10 s 1080p H.264 clips (frame counts differ so each hashes apart), 1080p JPEGs, a PNG, bad files."""
+def with_free_box(mp4: bytes, tag: int) -> bytes:
+    """``mp4`` plus a trailing ISO-BMFF ``free`` box holding ``tag``: other bytes (so another media hash in
+    vLLM and mmprep), the same frames (demuxers skip ``free`` boxes)."""
+    payload = tag.to_bytes(8, "big")
+    return mp4 + (8 + len(payload)).to_bytes(4, "big") + b"free" + payload
+
+
+def make_media(d: Path, clips: int, distinct: int | None = None) -> dict[str, list[Path]]:
+    """10 s 1080p H.264 clips (frame counts differ), ``distinct`` byte-distinct copies of them that requests
+    cycle through (default: the clips themselves), 1080p JPEGs, a PNG, bad files.
+
+    Why copies: vLLM's encoder cache shares a vision-encoder output between requests whose item has the same
+    hash, and in-flight requests hold entries. With few clips, requests that arrive together (a warm cache
+    answers at once) share encoder runs, which the traffic being modelled would not; with more distinct
+    items than requests in flight and entries the cache holds, no two requests share one."""
     from PIL import Image
 
     from mmprep.testing import make_video
 
     d.mkdir(parents=True, exist_ok=True)
     out: dict[str, list[Path]] = {"video": [], "image": [], "png": [], "bad": []}
+    base = []
     for i in range(clips):
         p = d / f"h264_1080p_gop250_{i}.mp4"
         if not p.exists():
             p.write_bytes(make_video(codec="h264", width=1920, height=1080, frames=300 - i, fps=30, gop=250,
                                      bframes=3, bitrate=5_000_000))
-        out["video"].append(p)
+        base.append(p)
+    out["video"] = list(base)
+    if distinct is not None and distinct > clips:
+        out["video"] = []
+        for k in range(distinct):
+            p = d / f"h264_1080p_gop250_{k % clips}_v{k}.mp4"
+            if not p.exists():
+                p.write_bytes(with_free_box(base[k % clips].read_bytes(), k))
+            out["video"].append(p)
     import numpy as np
 
     rng = np.random.default_rng(0)
@@ -69,7 +91,7 @@ def make_media(d: Path, clips: int) -> dict[str, list[Path]]:
     arr = np.stack([x[:480, :640] % 256, y[:480, :640] % 256, (x[:480, :640] * 3) % 256], -1).astype(np.uint8)
     Image.fromarray(arr).save(p)
     out["png"].append(p)
-    good = out["video"][0].read_bytes()
+    good = base[0].read_bytes()
     for name, data in {"random.mp4": rng.integers(0, 256, 200_000, dtype=np.uint8).tobytes(),
                        "truncated.mp4": good[: len(good) // 50], "empty.mp4": b"",
                        "garbled.mp4": good[:4096] + rng.integers(0, 256, len(good) - 4096, dtype=np.uint8).tobytes()}.items():
@@ -257,7 +279,7 @@ def server_cmd(a, arm: str) -> tuple[list[str], dict]:
     env.setdefault("VLLM_NO_USAGE_STATS", "1")
     if a.gpus:
         env["CUDA_VISIBLE_DEVICES"] = a.gpus
-    cache = "8" if arm.startswith("ceiling") else "0"
+    cache = str(max(8, a.video_files // 10 + 1)) if arm.startswith("ceiling") else "0"  # ~63 MB per clip
     cmd = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", a.model, "--load-format", "dummy",
            "--served-model-name", "m", "--port", str(a.port), "--dtype", "bfloat16", "--seed", "0",
            "--max-model-len", str(a.max_model_len), "--max-num-seqs", str(a.max_num_seqs),
@@ -276,7 +298,7 @@ def server_cmd(a, arm: str) -> tuple[list[str], dict]:
         # started (with other visible GPUs) lives on for a minute after its server, and would be attached to.
         env["MMPREP_SERVICE"] = f"/tmp/mmprep-bench{a.tag}-{a.port}.sock"
     if arm == "ceiling-mmprep":
-        env["MMPREP_MEDIA_CACHE_MB"] = "4096"
+        env["MMPREP_MEDIA_CACHE_MB"] = str(160 * a.video_files + 1024)  # every clip's frames (~124 MB each)
     return cmd + a.extra, env
 
 
@@ -298,8 +320,9 @@ def run_arm(arm: str, a, media: dict[str, list[Path]]) -> dict:
                 warm = [[video_part(v, uuid=f"clip-{i}")] for i, v in enumerate(vids)]
                 asyncio.run(load(url, warm, len(warm)))
                 timed = [[video_part(None, uuid=f"clip-{i % len(vids)}")] for i in range(a.requests)]
-            else:
-                asyncio.run(load(url, [[video_part(vids[i % len(vids)])] for i in range(a.warmup)], a.concurrency))
+            else:  # the ceiling's warm-up sends every clip once: its timed requests all hit the caches
+                warm = max(a.warmup, len(vids)) if arm.startswith("ceiling") else a.warmup
+                asyncio.run(load(url, [[video_part(vids[i % len(vids)])] for i in range(warm)], a.concurrency))
                 timed = [[video_part(vids[i % len(vids)])] for i in range(a.requests)]
             r = measured(url, timed, a.concurrency, proc.pid)
             if arm == "ceiling" and r["ok"] == 0:  # this vLLM wants the URL with the uuid: cache hits still skip processing
@@ -420,6 +443,9 @@ def main() -> None:
     ap.add_argument("--gpus", default=None, help="CUDA_VISIBLE_DEVICES for the servers, e.g. 0")
     ap.add_argument("--media-dir", type=Path, default=Path("/tmp/vbench"))
     ap.add_argument("--clips", type=int, default=4)
+    ap.add_argument("--distinct", type=int, default=None,
+                    help="byte-distinct video files the requests cycle through (default: 2 x concurrency + 4, so no "
+                         "two requests in flight share a vision-encoder run; 0: the clips themselves)")
     ap.add_argument("--requests", type=int, default=64)
     ap.add_argument("--warmup", type=int, default=8)
     ap.add_argument("--concurrency", type=int, default=16)
@@ -438,7 +464,9 @@ def main() -> None:
     ap.add_argument("extra", nargs=argparse.REMAINDER, help="after --: more `vllm serve` arguments")
     a = ap.parse_args()
     a.extra = [x for x in a.extra if x != "--"]
-    media = make_media(a.media_dir, a.clips)
+    distinct = 2 * a.concurrency + 4 if a.distinct is None else a.distinct
+    media = make_media(a.media_dir, a.clips, distinct or None)
+    a.video_files = len(media["video"])
     results = []
     for arm in a.arms.split(","):
         results.append(run_arm(arm, a, media))

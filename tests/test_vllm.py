@@ -19,6 +19,8 @@ vllm = pytest.importorskip("vllm", reason="vLLM is not installed (pip install mm
 
 from PIL import Image  # noqa: E402
 
+import mmprep  # noqa: E402
+
 from mmprep.vllm import identity  # noqa: E402
 
 from .tiny_model import make_tiny_qwen2_vl  # noqa: E402
@@ -235,3 +237,20 @@ def test_bad_image_is_a_request_error(connector_env, model_config, case):
     part = {"type": "image_url", "image_url": {"url": data_url("image/jpeg", data)}}
     with pytest.raises(MediaError):
         chat(model_config, part)
+
+
+def test_serving_benchmark_copies_are_the_same_video_under_another_hash():
+    """bench/serve_vllm.py's byte-distinct copies (a trailing ``free`` box): same frames in mmprep and in vLLM's
+    opencv loader, another identity digest, so vLLM keys each copy apart."""
+    from vllm.multimodal.video import VIDEO_LOADER_REGISTRY
+
+    from bench.serve_vllm import with_free_box
+
+    base = clip("h264", frames=60)
+    copy = with_free_box(base, 3)
+    a, b = mmprep.decode_video(base, num_frames=6, device="cpu"), mmprep.decode_video(copy, num_frames=6, device="cpu")
+    assert copy != base and torch.equal(a.frames, b.frames) and a.vllm_metadata() == b.vllm_metadata()
+    assert identity.digest(copy, "num_frames", 6) != identity.digest(base, "num_frames", 6)
+    opencv = VIDEO_LOADER_REGISTRY.load("opencv")
+    (fa, ma), (fb, mb) = opencv.load_bytes(base, num_frames=6), opencv.load_bytes(copy, num_frames=6)
+    assert np.array_equal(fa, fb) and ma == mb
