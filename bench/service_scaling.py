@@ -79,27 +79,30 @@ def drive(fn, data: bytes, threads: int, videos: int, children: bool = True) -> 
 
 def latency_ms(fn, data: bytes, n: int = 12, busy=None) -> dict:
     """Median wall ms of one request at a time (low load), after one warm request; with ``busy`` (a service's
-    total worker seconds so far) also the median ms the worker spent on each request."""
+    total worker seconds so far: on requests, on exporting results) also the median ms of each per request."""
     fn(data)
-    times, spent = [], []
+    times, spent, exported = [], [], []
     for _ in range(n):
-        b0 = busy() if busy else 0.0
+        b0 = busy() if busy else (0.0, 0.0)
         t0 = time.perf_counter()
         fn(data)
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         times.append(1000 * (time.perf_counter() - t0))
         if busy:
-            spent.append(1000 * (busy() - b0))
+            b1 = busy()
+            spent.append(1000 * (b1[0] - b0[0]))
+            exported.append(1000 * (b1[1] - b0[1]))
     med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
     out = {"latency_ms_c1": med(times)}
     if busy:
-        out["worker_ms_c1"] = med(spent)
+        out["worker_ms_c1"], out["export_ms_c1"] = med(spent), med(exported)
     return out
 
 
-def _busy(svc) -> float:
-    return sum(w["busy_s"] for w in svc.stats()["workers"])
+def _busy(svc) -> tuple[float, float]:
+    workers = svc.stats()["workers"]
+    return sum(w["busy_s"] for w in workers), sum(w["export_s"] for w in workers)
 
 
 def _client(address: str, data: bytes, idx: list[int], threads: int, videos: int, go, out) -> None:
@@ -192,7 +195,12 @@ def main() -> None:
     ap.add_argument("--in-process-gpus", default=None,
                     help="GPU counts for the in-process arm (default: every count; it stays at one GPU's rate)")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--merge", nargs="+", default=None,
+                    help="only write --out from earlier runs' JSON files / printed lines (no measuring)")
+    ap.add_argument("--note", default="", help="with --merge: a line for the table's heading")
     a = ap.parse_args()
+    if a.merge:
+        return merge(a.merge, a.out, a.note)
 
     import mmprep
     from bench.media import clip_path
@@ -217,7 +225,7 @@ def main() -> None:
 
         arms = a.arms.split(",")
         if "in-process" in arms and (a.in_process_gpus is None or str(n) in a.in_process_gpus.split(",")):
-            r = drive(in_process, data, a.threads_per_gpu * n, a.videos_per_gpu * n)
+            r = drive(in_process, data, a.threads_per_gpu * n, a.videos_per_gpu * n, children=False)
             results.append({"arm": "in-process", "gpus": n, "workers_per_gpu": 0, **r, **latency_ms(in_process, data)})
             print(json.dumps(results[-1]), flush=True)
         if "per-gpu" in arms:
@@ -241,9 +249,15 @@ def main() -> None:
                 print(json.dumps(results[-1]), flush=True)
     meta = {"date": time.strftime("%Y-%m-%d"), "device": torch.cuda.get_device_name(0), "gpus_visible": n_all,
             "clip": a.clip, "frames": len(idx), "threads_per_gpu": a.threads_per_gpu, "torch": torch.__version__}
+    write(results, meta, a.out)
+
+
+def write(results: list[dict], meta: dict, out: str | None, note: str = "") -> None:
+    """Print the table; with ``out``, write it (.md), the data (.json) and the plot (.png) beside it."""
     rows = ["| arm | GPUs | workers/GPU | videos/s | x same arm, fewest GPUs | x in-process, 1 GPU | caller CPU-ms/video |"
-            " worker CPU-ms/video | ms, one at a time (in the worker; ping) |", "|---|---|---|---|---|---|---|---|---|"]
-    base = {(r["arm"], r["workers_per_gpu"]): r["videos_per_s"] for r in results if r["gpus"] == counts[0]}
+            " worker CPU-ms/video | ms, one at a time (in the worker[, exporting]; ping) |", "|---|---|---|---|---|---|---|---|---|"]
+    fewest = min(r["gpus"] for r in results)
+    base = {(r["arm"], r["workers_per_gpu"]): r["videos_per_s"] for r in results if r["gpus"] == fewest}
     one_gpu = next((r["videos_per_s"] for r in results if r["arm"] == "in-process" and r["gpus"] == 1), float("nan"))
     for r in results:
         one = base.get((r["arm"], r["workers_per_gpu"]), r["videos_per_s"])
@@ -252,17 +266,39 @@ def main() -> None:
                     f"{r['caller_cpu_ms_per_video']:.1f} | {r['worker_cpu_ms_per_video']:.0f} | "
                     f"{_latency(r)} |")
     print("\n".join(rows))
-    if a.out:
-        Path(a.out).write_text(json.dumps({"meta": meta, "results": results}, indent=1))
-        Path(a.out).with_suffix(".md").write_text(
-            f"# mmprep.service scaling, {meta['date']}, {meta['device']} x{n_all}, {a.clip}\n\n" + "\n".join(rows) + "\n")
-        plot(results, str(Path(a.out).with_suffix(".png")), f"{a.clip}, {meta['device']}, {meta['date']}")
+    if out:
+        Path(out).write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+        Path(out).with_suffix(".md").write_text(
+            f"# mmprep.service scaling, {meta['date']}, {meta['device']} x{meta['gpus_visible']}, {meta['clip']}\n\n"
+            + (note + "\n\n" if note else "") + "\n".join(rows) + "\n")
+        plot(results, str(Path(out).with_suffix(".png")), f"{meta['clip']}, {meta['device']}, {meta['date']}")
+
+
+def merge(paths: list[str], out: str, note: str) -> None:
+    """One table from several runs: JSON files this script wrote, or its printed JSON lines (a run cut short)."""
+    results, meta = [], None
+    for p in paths:
+        text = Path(p).read_text()
+        if text.lstrip().startswith("{\n") or text.lstrip().startswith('{"meta"'):
+            d = json.loads(text)
+            meta = meta or d["meta"]
+            results += d["results"]
+        else:
+            results += [json.loads(line) for line in text.splitlines() if line.startswith('{"arm"')]
+    if meta is None:
+        raise SystemExit("--merge needs at least one JSON file this script wrote (for the run's facts)")
+    for r in results:
+        if r["arm"] in ("in-process", "process per GPU"):  # no workers (runs before 2026-11-28 13:00 counted
+            r["worker_cpu_ms_per_video"] = float("nan")   # processes other arms left behind)
+    results.sort(key=lambda r: r["gpus"])
+    write(results, meta, out, note)
 
 
 def _latency(r: dict) -> str:
     if "latency_ms_c1" not in r:
         return "-"
-    extra = f" ({r['worker_ms_c1']:.1f}; {r['ping_ms_c1']:.2f})" if "worker_ms_c1" in r else ""
+    export = f", export {r['export_ms_c1']:.1f}" if "export_ms_c1" in r else ""
+    extra = f" ({r['worker_ms_c1']:.1f}{export}; {r['ping_ms_c1']:.2f})" if "worker_ms_c1" in r else ""
     return f"{r['latency_ms_c1']:.1f}{extra}"
 
 

@@ -55,6 +55,11 @@ def test_stats_count_the_time_workers_spend_on_requests(service):
     after = service.stats()["workers"][0]
     assert after["served"] == before["served"] + 1
     assert 0.2 <= after["busy_s"] - before["busy_s"] <= wall  # the worker's share of the caller's wall time
+    assert after["export_s"] - before["export_s"] < 0.01  # a ping's answer has no tensors to hand out
+    total = lambda key: sum(w[key] for w in service.stats()["workers"])  # noqa: E731
+    busy, exported = total("busy_s"), total("export_s")
+    service.decode_video(clip("h264", frames=24), num_frames=4)  # frames leave through shared memory
+    assert 0 < total("export_s") - exported < total("busy_s") - busy
 
 
 def test_bad_media_raise_the_same_error_and_the_worker_lives(service):

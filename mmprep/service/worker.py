@@ -1,7 +1,7 @@
 """One media worker process: owns one device (a GPU's NVDEC sessions, kernels and budget, or the CPU).
 
 Requests arrive as (id, op, ``SharedBytes`` naming the caller's shared memory, options); results leave as small messages
-(id, status, worker index, payload, seconds the worker spent on the request):
+(id, status, worker index, payload, (seconds the worker spent on the request, of which exporting the result)):
 GPU tensors as ``mmprep.ipc`` handles (the memory stays here, leased to the caller), CPU tensors
 through torch's shared memory (small ones by value). Bad media come back as the ``MediaError`` subclass's name and text.
 """
@@ -45,8 +45,8 @@ def _video_fields(video) -> dict[str, Any]:
                                           "height", "codec", "backend", "rotation")}
 
 
-def run_op(op: str, data: bytes, device: str, options: dict[str, Any], lease_timeout: float) -> dict[str, Any]:
-    """Do ``op`` on ``data``; tensors in the result are exported for the caller's process."""
+def run_op(op: str, data: bytes, device: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Do ``op`` on ``data``: the result's fields, tensors still this process's (``export`` hands them out)."""
     import mmprep
 
     if op == "ping":
@@ -58,13 +58,18 @@ def run_op(op: str, data: bytes, device: str, options: dict[str, Any], lease_tim
     decode = dict(options.get("decode", {}))
     if op == "decode_image":
         (image,) = mmprep.decode_images([data], device=device, **decode)
-        return {"image": _export(image, lease_timeout)}
+        return {"image": image}
     video = mmprep.decode_video(data, device=device, **decode)
     if op == "decode_video":
-        return {"frames": _export(video.frames, lease_timeout), **_video_fields(video)}
+        return {"frames": video.frames, **_video_fields(video)}
     out = mmprep.preprocess(videos=[video], device=video.frames.device, **dict(options.get("preprocess", {})))
     del video
-    return {k: _export(v, lease_timeout) for k, v in out.items()}
+    return out
+
+
+def export(result: dict[str, Any], lease_timeout: float) -> dict[str, Any]:
+    """``result`` with each tensor exported for the caller's process (GPU: leased by CUDA IPC)."""
+    return {k: _export(v, lease_timeout) if isinstance(v, torch.Tensor) else v for k, v in result.items()}
 
 
 def main(index: int, device: str, requests, responses, lease_timeout: float, threads: int = 8) -> None:
@@ -77,19 +82,22 @@ def main(index: int, device: str, requests, responses, lease_timeout: float, thr
         from mmprep import kernels
 
         kernels.fused(wait=True)  # built once per machine (cached on disk), loaded per worker
-    responses.put(("ready", "ready", index, None, 0.0))
+    responses.put(("ready", "ready", index, None, (0.0, 0.0)))
     del mmprep
 
     def serve(rid, op, data, options) -> None:
         with _running_lock:
             _running[0] += 1
             _running[1] = max(_running[1], _running[0])
-        t0 = time.perf_counter()
+        t0 = t1 = time.perf_counter()
         try:
             if op not in OPS:
                 raise ValueError(f"op must be one of {', '.join(OPS)}, got {op!r}")
             raw = _inputs.read(data) if data is not None else b""
-            status, payload = "ok", run_op(op, raw, device, options, lease_timeout)
+            result = run_op(op, raw, device, options)
+            t1 = time.perf_counter()
+            status, payload = "ok", export(result, lease_timeout)
+            del result
         except MediaError as e:
             status, payload = "media_error", (type(e).__name__, str(e))
         except Exception as e:  # noqa: BLE001 - reported to the caller, the worker lives on
@@ -97,7 +105,8 @@ def main(index: int, device: str, requests, responses, lease_timeout: float, thr
         finally:
             with _running_lock:
                 _running[0] -= 1
-        responses.put((rid, status, index, payload, time.perf_counter() - t0))
+        t2 = time.perf_counter()
+        responses.put((rid, status, index, payload, (t2 - t0, t2 - t1 if status == "ok" else 0.0)))
 
     with ThreadPoolExecutor(threads, thread_name_prefix=f"mmprep-worker-{index}") as pool:
         while True:
