@@ -400,14 +400,14 @@ def plot(results: list[dict], path: str, title: str) -> None:
     x = range(len(ok))
     ax1.bar([i - 0.2 for i in x], [r["video"]["req_per_s"] for r in ok], 0.4, label="video (10 s 1080p)")
     ax1.bar([i + 0.2 for i in x], [r.get("image", {}).get("req_per_s", 0) for r in ok], 0.4, label="images (4 x 1080p)")
-    ax1.set_xticks(list(x), names)
+    ax1.set_xticks(list(x), names, rotation=30, ha="right", fontsize=8)
     ax1.set_ylabel("requests/s")
     ax1.legend()
     api = [r["video"]["api_server_cpu_ms_per_req"] for r in ok]
     rest = [r["video"]["server_cpu_ms_per_req"] - a for r, a in zip(ok, api)]
     ax2.bar(list(x), api, label="API server")
     ax2.bar(list(x), rest, bottom=api, label="engine and other processes")
-    ax2.set_xticks(list(x), names)
+    ax2.set_xticks(list(x), names, rotation=30, ha="right", fontsize=8)
     ax2.set_ylabel("server CPU-ms per video request")
     ax2.legend()
     fig.suptitle(title)
