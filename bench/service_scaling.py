@@ -9,7 +9,9 @@ Workload: 10 s 1080p H.264 bytes (GOP 250, B-frames) -> 32 sampled frames -> Qwe
                API servers share it with ``--data-parallel-size P``; threads split among them
   per-GPU processes  one in-process caller per GPU (16 threads each), summed: the layout the service
                should match without asking the user to run one process per GPU
-Per arm: videos/s, caller CPU-ms per video (the calling process(es), all threads), worker CPU-ms per video.
+Per arm: videos/s, caller CPU-ms per video (the calling process(es), all threads), worker CPU-ms per video;
+service arms also: one request at a time split into the worker's time (of which exporting the result) and a
+ping, and (JSON) CUDA IPC mappings the caller had to open per video.
 
     python3 bench/service_scaling.py --out $OUT/service_scaling.json [--gpus 1,2] [--workers 1,2] [--clients 2,4]
 """
@@ -238,7 +240,11 @@ def main() -> None:
                     out = svc.preprocess_video(d, decode={"indices": idx}, **PREPROCESS)
                     assert out["pixel_values_videos"].is_cuda
 
+                from mmprep import ipc
+
+                m0 = ipc.consumer_stats()["mapped"]
                 r = drive(served, data, a.threads_per_gpu * n, a.videos_per_gpu * n)
+                r["ipc_maps_per_video"] = (ipc.consumer_stats()["mapped"] - m0) / r["videos"]  # ~1 ms of caller CPU each
                 r.update(latency_ms(served, data, busy=lambda: _busy(svc)))
                 r["ping_ms_c1"] = latency_ms(lambda _: svc.ping(), b"")["latency_ms_c1"]
             results.append({"arm": "service", "gpus": n, "workers_per_gpu": w, **r})

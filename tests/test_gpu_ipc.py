@@ -31,6 +31,9 @@ def _consumer(conn) -> None:
         if msg is None:
             return
         cmd, blob = msg
+        if cmd == "stats":
+            conn.send(("stats", ipc.consumer_stats()))
+            continue
         handle = pickle.loads(blob)
         base = torch.cuda.memory_allocated()
         try:
@@ -226,6 +229,9 @@ def test_reopening_the_same_memory_reuses_the_mapping(consumer):
         assert status == "done", rest
         assert rest[0] == value * buf.numel()
         assert ipc.wait_released(h, timeout=5)
+    conn.send(("stats", None))
+    status, counts = recv(conn)
+    assert counts == {"opened": 3, "mapped": 1, "unmapped": 0}, counts  # one cuIpcOpenMemHandle for three hand-offs
 
 
 def test_wait_idle_returns_after_the_streams_work():
