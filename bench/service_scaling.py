@@ -206,6 +206,7 @@ def main() -> None:
 
     import mmprep
     from bench.media import clip_path
+    from mmprep import ipc
     from bench.util import kernels_ready, sample32
     from mmprep.service import MediaService
 
@@ -215,7 +216,17 @@ def main() -> None:
     data = clip_path(a.clip).read_bytes()
     total = mmprep.decode_video(data, indices=[0], device="cpu").total_frames
     idx = sample32(total)
-    results = []
+    meta = {"date": time.strftime("%Y-%m-%d"), "device": torch.cuda.get_device_name(0), "gpus_visible": n_all,
+            "clip": a.clip, "frames": len(idx), "threads_per_gpu": a.threads_per_gpu, "torch": torch.__version__}
+    results: list[dict] = []
+
+    def done(row: dict) -> None:
+        """Keep a finished arm: print it, and write everything so far (a run cut short keeps what it measured)."""
+        results.append(row)
+        print(json.dumps(row), flush=True)
+        if a.out:
+            Path(a.out).write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+
     for n in counts:
         gpus = list(range(n))
         turn = iter(range(1 << 60))
@@ -228,33 +239,25 @@ def main() -> None:
         arms = a.arms.split(",")
         if "in-process" in arms and (a.in_process_gpus is None or str(n) in a.in_process_gpus.split(",")):
             r = drive(in_process, data, a.threads_per_gpu * n, a.videos_per_gpu * n, children=False)
-            results.append({"arm": "in-process", "gpus": n, "workers_per_gpu": 0, **r, **latency_ms(in_process, data)})
-            print(json.dumps(results[-1]), flush=True)
+            done({"arm": "in-process", "gpus": n, "workers_per_gpu": 0, **r, **latency_ms(in_process, data)})
         if "per-gpu" in arms:
             r = per_gpu_arm(gpus, data, idx, a.threads_per_gpu, a.videos_per_gpu)
-            results.append({"arm": "process per GPU", "gpus": n, "workers_per_gpu": 0, **r})
-            print(json.dumps(results[-1]), flush=True)
+            done({"arm": "process per GPU", "gpus": n, "workers_per_gpu": 0, **r})
         for w in [int(x) for x in a.workers.split(",")] if "service" in arms else []:
             with MediaService(gpus=gpus, workers_per_gpu=w) as svc:
                 def served(d: bytes) -> None:
                     out = svc.preprocess_video(d, decode={"indices": idx}, **PREPROCESS)
                     assert out["pixel_values_videos"].is_cuda
 
-                from mmprep import ipc
-
                 m0 = ipc.consumer_stats()["mapped"]
                 r = drive(served, data, a.threads_per_gpu * n, a.videos_per_gpu * n)
                 r["ipc_maps_per_video"] = (ipc.consumer_stats()["mapped"] - m0) / r["videos"]  # ~1 ms of caller CPU each
                 r.update(latency_ms(served, data, busy=lambda: _busy(svc)))
                 r["ping_ms_c1"] = latency_ms(lambda _: svc.ping(), b"")["latency_ms_c1"]
-            results.append({"arm": "service", "gpus": n, "workers_per_gpu": w, **r})
-            print(json.dumps(results[-1]), flush=True)
+            done({"arm": "service", "gpus": n, "workers_per_gpu": w, **r})
             for c in [int(x) for x in a.clients.split(",") if x]:
                 r = host_arm(gpus, w, c, data, idx, a.threads_per_gpu * n, a.videos_per_gpu * n)
-                results.append({"arm": f"host x{c} processes", "gpus": n, "workers_per_gpu": w, **r})
-                print(json.dumps(results[-1]), flush=True)
-    meta = {"date": time.strftime("%Y-%m-%d"), "device": torch.cuda.get_device_name(0), "gpus_visible": n_all,
-            "clip": a.clip, "frames": len(idx), "threads_per_gpu": a.threads_per_gpu, "torch": torch.__version__}
+                done({"arm": f"host x{c} processes", "gpus": n, "workers_per_gpu": w, **r})
     write(results, meta, a.out)
 
 
