@@ -108,6 +108,8 @@ class Settings:
     service: str
     """``mmprep.service.shared()``: "" (a service of this process), "host" (the host's, at its default
     socket) or the socket path of the host's service (see ``mmprep.service.host``)."""
+    ipc_idle_mappings: int
+    """``mmprep.ipc`` consumers: CUDA IPC mappings kept open for reuse once unused (opening one costs ~1 ms)."""
 
 
 @functools.lru_cache(maxsize=1)
@@ -130,4 +132,5 @@ def settings() -> Settings:
         workers=_int("MMPREP_WORKERS", 0),
         media_cache_mb=_int("MMPREP_MEDIA_CACHE_MB", 0),
         service=os.environ.get("MMPREP_SERVICE", "").strip(),
+        ipc_idle_mappings=_int("MMPREP_IPC_IDLE_MAPPINGS", 16),
     )

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .config import settings
 from .device import wait_idle
 
 __all__ = ["Handle", "LeaseExpiredError", "share", "open", "release", "wait_released", "outstanding", "close_idle",
@@ -359,8 +360,8 @@ def outstanding() -> int:
 _tables: dict[str, _Table] = {}
 _maps: dict[tuple[bytes, int], list[int]] = {}  # (mem handle, device) -> [base pointer, open count]
 # Mappings nobody uses stay open for reuse (opening one costs about a millisecond): the producer's
-# caching allocator hands out the same few segments again and again. Least recently used closes first.
-_IDLE_MAPPINGS = 16
+# caching allocator hands out the same few segments again and again. Least recently used closes first;
+# at most MMPREP_IPC_IDLE_MAPPINGS (default 16) stay open.
 _idle: "OrderedDict[tuple[bytes, int], int]" = OrderedDict()
 _counts = {"opened": 0, "mapped": 0, "unmapped": 0}
 
@@ -429,7 +430,7 @@ class _Mapping:
                 entry[1] -= 1
                 if entry[1] == 0:
                     _idle[key] = entry[0]
-                    while len(_idle) > _IDLE_MAPPINGS:
+                    while len(_idle) > settings().ipc_idle_mappings:
                         old_key, old_base = _idle.popitem(last=False)
                         _maps.pop(old_key, None)
                         _close_mapping(old_key, old_base)
