@@ -48,9 +48,16 @@ def with_free_box(mp4: bytes, tag: int) -> bytes:
     return mp4 + (8 + len(payload)).to_bytes(4, "big") + b"free" + payload
 
 
+def with_comment(jpeg: bytes, tag: int) -> bytes:
+    """``jpeg`` with a COM segment holding ``tag`` after SOI: other bytes, the same pixels (decoders skip it)."""
+    payload = tag.to_bytes(8, "big")
+    return jpeg[:2] + b"\xff\xfe" + (2 + len(payload)).to_bytes(2, "big") + payload + jpeg[2:]
+
+
 def make_media(d: Path, clips: int, distinct: int | None = None) -> dict[str, list[Path]]:
     """10 s 1080p H.264 clips (frame counts differ), ``distinct`` byte-distinct copies of them that requests
-    cycle through (default: the clips themselves), 1080p JPEGs, a PNG, bad files.
+    cycle through (default: the clips themselves), 1080p JPEGs (as many byte-distinct sets of 4, at most 64;
+    else two sets), a PNG, bad files.
 
     Why copies: vLLM's encoder cache shares a vision-encoder output between requests whose item has the same
     hash, and in-flight requests hold entries. With few clips, requests that arrive together (a warm cache
@@ -81,12 +88,21 @@ def make_media(d: Path, clips: int, distinct: int | None = None) -> dict[str, li
 
     rng = np.random.default_rng(0)
     y, x = np.mgrid[0:1080, 0:1920]
+    base_images = []
     for i in range(8):
         p = d / f"img_{i}.jpg"
         if not p.exists():
             arr = np.stack([(x + 40 * i) % 256, (y + 20 * i) % 256, (x + y) % 256], -1) + rng.integers(0, 30, (1080, 1920, 3))
             Image.fromarray(arr.clip(0, 255).astype(np.uint8)).save(p, quality=90)
-        out["image"].append(p)
+        base_images.append(p)
+    out["image"] = list(base_images)
+    if distinct is not None and distinct > 2:  # sets of 4 for as many requests as the video copies (at most 64)
+        out["image"] = []
+        for k in range(4 * min(distinct, 64)):
+            p = d / f"img_{k % 8}_v{k}.jpg"
+            if not p.exists():
+                p.write_bytes(with_comment(base_images[k % 8].read_bytes(), k))
+            out["image"].append(p)
     p = d / "parity.png"
     arr = np.stack([x[:480, :640] % 256, y[:480, :640] % 256, (x[:480, :640] * 3) % 256], -1).astype(np.uint8)
     Image.fromarray(arr).save(p)
@@ -307,7 +323,9 @@ def run_arm(arm: str, a, media: dict[str, list[Path]]) -> dict:
     log_path = Path(a.log_dir) / f"server_{arm}{a.tag}.log"
     url = f"http://127.0.0.1:{a.port}"
     print(f"[{arm}] {' '.join(cmd)}", flush=True)
-    res: dict = {"arm": arm, "tag": a.tag}
+    res: dict = {"arm": arm, "tag": a.tag, "server_args": cmd[cmd.index("serve") + 2:],
+                 "server_env": {k: v for k, v in env.items()
+                                if k.startswith(("MMPREP_", "VLLM_VIDEO", "VLLM_MEDIA", "OMP_", "CUDA_VISIBLE"))}}
     vids, imgs = media["video"], media["image"]
     with open(log_path, "w") as log:
         t0 = time.time()
@@ -336,9 +354,10 @@ def run_arm(arm: str, a, media: dict[str, list[Path]]) -> dict:
                 one = [[video_part(vids[i % len(vids)])] for i in range(a.ttft_requests)]
                 res["video_c1"] = asyncio.run(load(url, one, 1))
                 print(f"[{arm}] c1 p50 {res['video_c1']['p50_s']}", flush=True)
-            # Images: 4 per request, two sets of 4 cycled (the ceiling's cache holds both after the warm-up).
+            # Images: 4 per request, the sets of 4 cycled (the ceiling's warm-up puts every set in its cache).
             bodies = [[image_part(imgs[(4 * i + j) % len(imgs)]) for j in range(4)] for i in range(a.image_requests)]
-            asyncio.run(load(url, bodies[:4], a.concurrency))
+            sets = [[image_part(imgs[4 * k + j]) for j in range(4)] for k in range(len(imgs) // 4)]
+            asyncio.run(load(url, sets if arm.startswith("ceiling") else bodies[:4], a.concurrency))
             r = measured(url, bodies, a.concurrency, proc.pid)
             res["image"] = r
             print(f"[{arm}] image {r['req_per_s']:.2f} req/s", flush=True)

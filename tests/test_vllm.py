@@ -254,3 +254,20 @@ def test_serving_benchmark_copies_are_the_same_video_under_another_hash():
     opencv = VIDEO_LOADER_REGISTRY.load("opencv")
     (fa, ma), (fb, mb) = opencv.load_bytes(base, num_frames=6), opencv.load_bytes(copy, num_frames=6)
     assert np.array_equal(fa, fb) and ma == mb
+
+
+def test_serving_benchmark_image_copies_are_the_same_pixels_under_another_hash():
+    """bench/serve_vllm.py's byte-distinct JPEG copies (a COM segment): the same pixels through mmprep, PIL and
+    mmprep's nvJPEG gate, other bytes (so another identity)."""
+    from mmprep.decode.image_gpu import jpeg_well_formed
+
+    from bench.serve_vllm import with_comment
+
+    base = jpeg(121, 203)
+    copy = with_comment(base, 5)
+    assert copy != base and jpeg_well_formed(copy) == jpeg_well_formed(base) is True
+    assert torch.equal(mmprep.decode_images([copy], device="cpu")[0], mmprep.decode_images([base], device="cpu")[0])
+    import io
+
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(copy))), np.asarray(Image.open(io.BytesIO(base))))
+    assert identity.digest(copy) != identity.digest(base)
