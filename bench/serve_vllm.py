@@ -54,6 +54,17 @@ def with_comment(jpeg: bytes, tag: int) -> bytes:
     return jpeg[:2] + b"\xff\xfe" + (2 + len(payload)).to_bytes(2, "big") + payload + jpeg[2:]
 
 
+def _copies(bases: list[Path], n: int, mark, name) -> list[Path]:
+    """``n`` files, copy ``k`` made (once) as ``mark(bytes of bases[k % len(bases)], k)`` at ``name(k)``."""
+    out = []
+    for k in range(n):
+        p = name(k)
+        if not p.exists():
+            p.write_bytes(mark(bases[k % len(bases)].read_bytes(), k))
+        out.append(p)
+    return out
+
+
 def make_media(d: Path, clips: int, distinct: int | None = None) -> dict[str, list[Path]]:
     """10 s 1080p H.264 clips (frame counts differ), ``distinct`` byte-distinct copies of them that requests
     cycle through (default: the clips themselves), 1080p JPEGs (as many byte-distinct sets of 4, at most 64;
@@ -76,14 +87,8 @@ def make_media(d: Path, clips: int, distinct: int | None = None) -> dict[str, li
             p.write_bytes(make_video(codec="h264", width=1920, height=1080, frames=300 - i, fps=30, gop=250,
                                      bframes=3, bitrate=5_000_000))
         base.append(p)
-    out["video"] = list(base)
-    if distinct is not None and distinct > clips:
-        out["video"] = []
-        for k in range(distinct):
-            p = d / f"h264_1080p_gop250_{k % clips}_v{k}.mp4"
-            if not p.exists():
-                p.write_bytes(with_free_box(base[k % clips].read_bytes(), k))
-            out["video"].append(p)
+    out["video"] = (_copies(base, distinct, with_free_box, lambda k: d / f"h264_1080p_gop250_{k % clips}_v{k}.mp4")
+                    if distinct is not None and distinct > clips else list(base))
     import numpy as np
 
     rng = np.random.default_rng(0)
@@ -95,14 +100,9 @@ def make_media(d: Path, clips: int, distinct: int | None = None) -> dict[str, li
             arr = np.stack([(x + 40 * i) % 256, (y + 20 * i) % 256, (x + y) % 256], -1) + rng.integers(0, 30, (1080, 1920, 3))
             Image.fromarray(arr.clip(0, 255).astype(np.uint8)).save(p, quality=90)
         base_images.append(p)
-    out["image"] = list(base_images)
-    if distinct is not None and distinct > 2:  # sets of 4 for as many requests as the video copies (at most 64)
-        out["image"] = []
-        for k in range(4 * min(distinct, 64)):
-            p = d / f"img_{k % 8}_v{k}.jpg"
-            if not p.exists():
-                p.write_bytes(with_comment(base_images[k % 8].read_bytes(), k))
-            out["image"].append(p)
+    # Sets of 4 for as many requests as the video copies (at most 64).
+    out["image"] = (_copies(base_images, 4 * min(distinct, 64), with_comment, lambda k: d / f"img_{k % 8}_v{k}.jpg")
+                    if distinct is not None and distinct > 2 else list(base_images))
     p = d / "parity.png"
     arr = np.stack([x[:480, :640] % 256, y[:480, :640] % 256, (x[:480, :640] * 3) % 256], -1).astype(np.uint8)
     Image.fromarray(arr).save(p)

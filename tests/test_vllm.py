@@ -6,6 +6,7 @@ Runs on the CPU (frames come back as host arrays there); skipped where vLLM is n
 from __future__ import annotations
 
 import base64
+import io
 import os
 
 import numpy as np
@@ -265,9 +266,7 @@ def test_serving_benchmark_image_copies_are_the_same_pixels_under_another_hash()
 
     base = jpeg(121, 203)
     copy = with_comment(base, 5)
-    assert copy != base and jpeg_well_formed(copy) == jpeg_well_formed(base) is True
+    assert copy != base and jpeg_well_formed(base) and jpeg_well_formed(copy)
     assert torch.equal(mmprep.decode_images([copy], device="cpu")[0], mmprep.decode_images([base], device="cpu")[0])
-    import io
-
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(copy))), np.asarray(Image.open(io.BytesIO(base))))
     assert identity.digest(copy) != identity.digest(base)
