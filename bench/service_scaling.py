@@ -44,8 +44,19 @@ def _children_cpu() -> float:
     return cpu_seconds(psutil.Process().children(recursive=True))
 
 
-def drive(fn, data: bytes, threads: int, videos: int, children: bool = True) -> dict:
-    """Run ``fn(data)`` ``videos`` times from ``threads`` threads; rate and CPU split."""
+def _warm(fn, data: bytes, threads: int) -> None:
+    """One concurrent round of ``threads`` calls: every worker, decoder session, CUDA context and IPC mapping the
+    timed run will use exists before the clock starts (one call warmed one worker of several)."""
+    ts = [threading.Thread(target=fn, args=(data,)) for _ in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+
+
+def drive(fn, data: bytes, threads: int, videos: int, children: bool = True, go=None) -> dict:
+    """Run ``fn(data)`` ``videos`` times from ``threads`` threads after a warm round (and after ``go``, a barrier
+    of warm processes, when given); rate and CPU split."""
     left = [videos]
     lock = threading.Lock()
     errors: list[BaseException] = []
@@ -62,7 +73,10 @@ def drive(fn, data: bytes, threads: int, videos: int, children: bool = True) -> 
                 errors.append(e)
                 return
 
-    fn(data)  # warm: sessions, kernels, CUDA contexts
+    fn(data)  # warm: kernels, first contexts
+    _warm(fn, data, threads)
+    if go is not None:
+        go.wait()
     c0, k0, t0 = time.process_time(), _children_cpu() if children else 0.0, time.perf_counter()
     ts = [threading.Thread(target=work) for _ in range(threads)]
     for t in ts:
@@ -116,9 +130,7 @@ def _client(address: str, data: bytes, idx: list[int], threads: int, videos: int
     def served(d: bytes) -> None:
         svc.preprocess_video(d, decode={"indices": idx}, **PREPROCESS)
 
-    served(data)  # warm this process's connection and IPC mappings
-    go.wait()
-    out.put(drive(served, data, threads, videos, children=False))
+    out.put(drive(served, data, threads, videos, children=False, go=go))
 
 
 def _own_gpu(gpu: int, data: bytes, idx: list[int], threads: int, videos: int, go, out) -> None:
@@ -133,24 +145,21 @@ def _own_gpu(gpu: int, data: bytes, idx: list[int], threads: int, videos: int, g
         v = mmprep.decode_video(d, indices=idx, device=dev)
         mmprep.preprocess(videos=[v], device=v.frames.device, **PREPROCESS)
 
-    run(data)
-    go.wait()
-    out.put(drive(run, data, threads, videos, children=False))
+    out.put(drive(run, data, threads, videos, children=False, go=go))
 
 
-def together(target, arg_sets: list[tuple], warm_s: float) -> dict:
-    """Run ``target(*args, go, out)`` in one spawned process per ``args``; start their clocks together after
-    ``warm_s`` s of warm-up; videos/s over the common wall time, the processes' CPU per video summed."""
+def together(target, arg_sets: list[tuple]) -> dict:
+    """Run ``target(*args, go, out)`` in one spawned process per ``args``; start their clocks together once every
+    process has warmed up (a barrier); videos/s over the common wall time, the processes' CPU per video summed."""
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
-    go, out = ctx.Event(), ctx.Queue()
+    go, out = ctx.Barrier(len(arg_sets) + 1), ctx.Queue()
     procs = [ctx.Process(target=target, args=(*args, go, out)) for args in arg_sets]
     for p in procs:
         p.start()
-    time.sleep(warm_s)
+    go.wait(timeout=300)
     t0 = time.perf_counter()
-    go.set()
     parts = [out.get(timeout=600) for _ in procs]
     wall = time.perf_counter() - t0
     for p in procs:
@@ -163,7 +172,7 @@ def together(target, arg_sets: list[tuple], warm_s: float) -> dict:
 
 def per_gpu_arm(gpus: list[int], data: bytes, idx: list[int], threads: int, videos: int) -> dict:
     """One process per GPU, each ``threads`` threads and ``videos`` videos (contexts, kernels, decoders warm first)."""
-    return together(_own_gpu, [(g, data, idx, threads, videos) for g in gpus], warm_s=8)
+    return together(_own_gpu, [(g, data, idx, threads, videos) for g in gpus])
 
 
 def host_arm(gpus: list[int], w: int, clients: int, data: bytes, idx: list[int], threads: int, videos: int) -> dict:
@@ -176,7 +185,7 @@ def host_arm(gpus: list[int], w: int, clients: int, data: bytes, idx: list[int],
     address = f"/tmp/mmprep-bench-{os.getpid()}.sock"
     host = attach(address, gpus=gpus, workers_per_gpu=w, idle_exit=30)
     host_pid = host.stats()["pid"]
-    r = together(_client, [(address, data, idx, max(1, threads // clients), videos // clients)] * clients, warm_s=5)
+    r = together(_client, [(address, data, idx, max(1, threads // clients), videos // clients)] * clients)
     os.kill(host_pid, signal.SIGTERM)
     for suffix in (".key", ".lock", ".log"):
         if os.path.exists(address + suffix):
