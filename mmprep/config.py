@@ -87,6 +87,9 @@ class Settings:
     """GPU ordinals the NVDEC pool may use; None means all visible GPUs."""
     disable_nvdec: bool
     """Force the CPU backend for ``device="auto"``."""
+    nvdec_split: bool
+    """Decode the two halves of a long plan (cut at a keyframe) on two NVDEC sessions at once when a
+    second one is free: lower latency at low load, unchanged throughput at full load."""
     cpu_threads: int
     """FFmpeg decode threads for the CPU backend; 0 lets FFmpeg choose."""
     max_image_pixels: int
@@ -122,6 +125,7 @@ def settings() -> Settings:
         nvdec_sessions_per_gpu=_int("MMPREP_NVDEC_SESSIONS_PER_GPU", 0),
         nvdec_devices=_devices("MMPREP_NVDEC_DEVICES"),
         disable_nvdec=_bool("MMPREP_DISABLE_NVDEC", False),
+        nvdec_split=_bool("MMPREP_NVDEC_SPLIT", True),
         cpu_threads=_int("MMPREP_CPU_THREADS", 0),
         max_image_pixels=_int("MMPREP_MAX_IMAGE_PIXELS", 178_956_970, minimum=1),
         min_image_side=_int("MMPREP_MIN_IMAGE_SIDE", 2, minimum=1),

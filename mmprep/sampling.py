@@ -15,7 +15,7 @@ import numpy as np
 
 from .probe import Probe
 
-__all__ = ["sample_indices", "DecodePlan", "plan_decode"]
+__all__ = ["sample_indices", "DecodePlan", "plan_decode", "split_feed"]
 
 
 def _check_count(name: str, value: object) -> None:
@@ -107,3 +107,37 @@ def plan_decode(probe: Probe, indices: list[int]) -> DecodePlan:
                 continue
             feed.append(p)
     return DecodePlan(feed=feed, slots=slots, sequential=False)
+
+
+def split_feed(probe: Probe, plan: DecodePlan, min_part: int = 24) -> tuple[list[int], list[int]] | None:
+    """Cut ``plan.feed`` at a keyframe into two halves that two decoders can run at once, or None.
+
+    A cut at keyframe ``k`` is sound when no fed packet of ``k``'s group is a leading picture (shown
+    before ``k``: it may reference the group before, which the second decoder never sees); decode-order
+    references never point forward, so the first half needs nothing of the second. Of the sound cuts,
+    the most even one, if its smaller half has ``min_part`` packets or more."""
+    feed = plan.feed
+    if plan.sequential or len(feed) < 2 * min_part:
+        return None
+    key, pts = probe.keyframe, probe.pts
+    best, best_size = None, len(feed)
+    group, leading = -1, False
+    sound: list[int] = []  # feed positions of keyframes whose group feeds no leading picture
+    for i, p in enumerate(feed):
+        if key[p]:
+            if group >= 0 and not leading:
+                sound.append(group)
+            group, leading = i, False
+        elif group >= 0:  # a packet without a timestamp counts as leading: no cut in its group
+            k = pts[feed[group]]
+            leading = leading or pts[p] is None or k is None or pts[p] < k
+    if group >= 0 and not leading:
+        sound.append(group)
+    for i in sound:
+        if i == 0:
+            continue
+        larger = max(i, len(feed) - i)
+        if min(i, len(feed) - i) >= min_part and larger < best_size:
+            best, best_size = i, larger
+    return None if best is None else (feed[:best], feed[best:])
+

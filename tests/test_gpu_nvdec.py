@@ -132,6 +132,36 @@ def test_sixteen_threads_concurrently_and_pool_bounded():
         assert st["live"][g] <= st["size"][g] and st["busy"][g] == 0
 
 
+def test_split_decode_on_two_sessions_equals_one_pass(monkeypatch):
+    """A long plan cut at a keyframe runs on two sessions at once; the frames are those of one pass."""
+    import time
+
+    from mmprep.config import settings
+
+    data = clip("h264", width=1280, height=720, frames=240, gop=60, bframes=3)
+    timed = {}
+    got = {}
+    for split in ("1", "0"):
+        monkeypatch.setenv("MMPREP_NVDEC_SPLIT", split)
+        settings.cache_clear()
+        mmprep.decode_video(data, device="cuda")  # warm both sessions
+        helpers = get_pool().stats()["helpers"]
+        t0 = time.perf_counter()
+        v = mmprep.decode_video(data, device="cuda")
+        torch.cuda.synchronize()
+        timed[split] = time.perf_counter() - t0
+        got[split] = (v, get_pool().stats()["helpers"] - helpers)
+    settings.cache_clear()
+    (on, lent_on), (off, lent_off) = got["1"], got["0"]
+    report("nvdec_split", ms_split=1000 * timed["1"], ms_one_pass=1000 * timed["0"])
+    assert (lent_on, lent_off) == (1, 0)
+    assert torch.equal(on.frames, off.frames)
+    assert [read_index(f) for f in on.frames.cpu().numpy()] == list(range(240))
+    for kwargs in ({"num_frames": 16}, {"indices": [239, 0, 130, 61, 61]}):
+        part = mmprep.decode_video(data, device="cuda", **kwargs)
+        assert torch.equal(part.frames, off.frames[part.indices])
+
+
 def test_sessions_are_reused_across_calls():
     data = clip("h264", frames=24)
     mmprep.decode_video(data, device="cuda")

@@ -2,7 +2,8 @@ import pytest
 
 import mmprep
 from mmprep.probe import probe
-from mmprep.sampling import plan_decode, sample_indices
+from mmprep.decode.video_cpu import decode_cpu
+from mmprep.sampling import DecodePlan, plan_decode, sample_indices, split_feed
 
 from .helpers import clip
 
@@ -82,3 +83,47 @@ def test_every_frame_decoded_alone_equals_full_decode(codec, bframes):
         one = mmprep.decode_video(data, indices=[i], device="cpu")
         assert one.indices == [i]
         assert (one.frames[0] == full.frames[i]).all(), f"frame {i}"
+
+
+def _decode_half(data: bytes, p, plan: DecodePlan, half: list[int]) -> dict[int, "torch.Tensor"]:
+    """Decode only ``half`` of ``plan.feed`` with a fresh FFmpeg decoder: {packet ordinal: frame} of the
+    wanted frames in it."""
+    wanted = [q for q in half if q in plan.slots]
+    sub = DecodePlan(feed=half, slots={q: [i] for i, q in enumerate(wanted)}, sequential=False)
+    frames = decode_cpu(data, p, sub, len(wanted))
+    return dict(zip(wanted, frames))
+
+
+@pytest.mark.parametrize("codec,bframes", [("h264", 3), ("hevc", 4)])
+@pytest.mark.parametrize("pick", ["all", "every5", "two", "last"])
+def test_split_halves_decode_alone_to_the_same_frames(codec, bframes, pick):
+    """Each half of a cut plan, decoded by a fresh decoder, gives exactly the full decode's frames (x265's open
+    GOPs put leading pictures after its keyframes: a cut there would lose them)."""
+    data = clip(codec, frames=120, gop=24, bframes=bframes)
+    p = probe(data, max_pixels=1 << 30)
+    indices = {"all": list(range(120)), "every5": list(range(0, 120, 5)), "two": [10, 110], "last": [119]}[pick]
+    plan = plan_decode(p, indices)
+    halves = split_feed(p, plan, min_part=8)
+    if pick in ("all", "every5") and codec == "h264":
+        assert halves is not None, "a 5-GOP plan of closed GOPs has sound cuts"
+    if halves is None:
+        return
+    a, b = halves
+    assert a + b == plan.feed and p.keyframe[b[0]] and min(len(a), len(b)) >= 8
+    full = mmprep.decode_video(data, device="cpu").frames
+    got = {**_decode_half(data, p, plan, a), **_decode_half(data, p, plan, b)}
+    assert sorted(got) == sorted(plan.slots)
+    for q, frame in got.items():
+        for pos in plan.slots[q]:
+            assert (frame == full[indices[pos]]).all(), f"packet {q}"
+
+
+def test_split_needs_two_sizable_halves_and_timestamps():
+    data = clip("h264", frames=120, gop=24, bframes=3)
+    p = probe(data, max_pixels=1 << 30)
+    plan = plan_decode(p, list(range(120)))
+    a, b = split_feed(p, plan, min_part=8)
+    assert abs(len(a) - len(b)) <= 24, "the most even cut of five 24-frame GOPs"
+    assert split_feed(p, plan, min_part=61) is None
+    assert split_feed(p, DecodePlan(plan.feed, plan.slots, sequential=True), min_part=8) is None
+

@@ -75,9 +75,11 @@ class NvdecPool:
         self._busy: dict[int, int] = {g: 0 for g in gpus}
         self.created = 0
         self.peak_live = 0
+        self.helpers = 0
+        """Sessions lent without waiting (``wait=False``): second decoders of split decodes."""
 
     def stats(self) -> dict[str, Any]:
-        """Live / busy / idle sessions per GPU, total created, and the peak ever live at once."""
+        """Live / busy / idle sessions per GPU, total created, the peak ever live at once, helpers lent."""
         with self._cond:
             return {
                 "size": dict(self.size),
@@ -86,6 +88,7 @@ class NvdecPool:
                 "idle": {g: len(v) for g, v in self._idle.items()},
                 "created": self.created,
                 "peak_live": self.peak_live,
+                "helpers": self.helpers,
             }
 
     def _pick(
@@ -108,11 +111,26 @@ class NvdecPool:
                 return "replace", g, self._idle[g][0]
         return "wait", -1, None
 
+    def _claim(self, action: str, g: int, s: Session | None) -> Session | None:
+        """Take what ``_pick`` chose (under the lock): the idle session to reuse, or None to create one."""
+        if s is not None:
+            self._idle[g].remove(s)
+        if action == "replace":
+            self._live[g] -= 1
+            s.decoder = None  # release the old session's surfaces before creating the new one
+            s = None
+        if s is None:
+            self._live[g] += 1
+            self.peak_live = max(self.peak_live, sum(self._live.values()))
+        self._busy[g] += 1
+        return s
+
     @contextmanager
     def session(
-        self, key: tuple, width: int, height: int, gpu: int | None = None, exact: bool = False
-    ) -> Iterator[Session]:
-        """Borrow a session able to decode a ``width``x``height`` stream of ``key``; blocks when full.
+        self, key: tuple, width: int, height: int, gpu: int | None = None, exact: bool = False, wait: bool = True
+    ) -> Iterator[Session | None]:
+        """Borrow a session able to decode a ``width``x``height`` stream of ``key``; blocks when full, or with
+        ``wait=False`` yields None at once (a helper session that is only worth having when one is free).
 
         ``exact`` reuses only a session that last decoded this very size (else a new one)."""
         gpus = self.gpus if gpu is None else [gpu]
@@ -120,21 +138,15 @@ class NvdecPool:
             if g not in self.size:
                 raise ValueError(f"gpu must be one of {self.gpus}, got {g}")
         with self._cond:
-            while True:
-                action, g, s = self._pick(gpus, key, width, height, exact)
-                if action != "wait":
-                    break
+            while (pick := self._pick(gpus, key, width, height, exact))[0] == "wait" and wait:
                 self._cond.wait()
-            if s is not None:
-                self._idle[g].remove(s)
-            if action == "replace":
-                self._live[g] -= 1
-                s.decoder = None  # release the old session's surfaces before creating the new one
-                s = None
-            if s is None:
-                self._live[g] += 1
-                self.peak_live = max(self.peak_live, sum(self._live.values()))
-            self._busy[g] += 1
+            action, g, s = pick
+            if action != "wait":
+                s = self._claim(action, g, s)
+                self.helpers += not wait
+        if action == "wait":
+            yield None
+            return
         ok = False
         try:
             if s is None:

@@ -8,9 +8,11 @@ copied (DLPack, on the GPU) into one buffer, then converted to RGB in a single b
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -18,7 +20,7 @@ from ..config import settings
 from ..device import wait_idle
 from ..errors import CorruptMediaError, UnsupportedCodecError
 from ..probe import Probe, StreamInfo
-from ..sampling import DecodePlan
+from ..sampling import DecodePlan, split_feed
 from ..kernels import fused
 from .color import coefficients, nv12_to_rgb
 from .nvdec_pool import NvdecPool, Session, nvdec_engines
@@ -201,84 +203,115 @@ def _decode(data: bytes, probe: Probe, plan: DecodePlan, count: int, gpu: int | 
         key = (demuxer.GetNvCodecId(), info.bit_depth, info.chroma)
     except Exception as e:
         raise CorruptMediaError(f"NVDEC demuxer rejected the stream ({type(e).__name__}: {e})") from e
-    feed = set(plan.feed)
-    last = plan.feed[-1] if plan.feed else -1
-    packet_of_frame = probe.packet_of_frame()
     rows = info.height + (info.height + 1) // 2
-    coeffs = list(coefficients(info.matrix))
-    with get_pool().session(key, info.width, info.height, gpu=gpu, exact=exact) as session:
+    pool = get_pool()
+    with pool.session(key, info.width, info.height, gpu=gpu, exact=exact) as session:
         device = torch.device("cuda", session.gpu)
         caller_stream = torch.cuda.current_stream(device)
         kern = fused()
         if kern is not None:  # convert each wanted surface straight into the RGB result
-            rgb = torch.empty((count, info.height, info.width, 3), dtype=torch.uint8, device=device)
-            out = None
+            dst = torch.empty((count, info.height, info.width, 3), dtype=torch.uint8, device=device)
         else:  # copy NV12 out, convert the batch at the end in torch
-            out = torch.empty((count, rows, 2 * ((info.width + 1) // 2)), dtype=torch.uint8, device=device)
+            dst = torch.empty((count, rows, 2 * ((info.width + 1) // 2)), dtype=torch.uint8, device=device)
         try:
-            if session.width and (session.width, session.height) != (info.width, info.height):
-                session.decoder.setReconfigParams(info.width, info.height)
-            with torch.cuda.device(session.gpu), torch.cuda.stream(session.stream):
-                nv_pts_to_ordinal: dict[int, int] = {}
-                filled = 0
-                produced = 0
-
-                def take(frames) -> None:
-                    nonlocal filled, produced
-                    for frame in frames:
-                        if plan.sequential:
-                            ordinal = packet_of_frame[produced] if produced < info.num_frames else None
-                        else:
-                            ordinal = nv_pts_to_ordinal.get(frame.getPTS())
-                        produced += 1
-                        positions = plan.slots.get(ordinal) if ordinal is not None else None
-                        if not positions:
-                            continue
-                        surface = _surface(_frame_tensor(frame), info.height, info.width)
-                        if kern is not None:
-                            first = rgb[positions[0]]
-                            kern.nv12_to_rgb(surface, info.height, info.width, first, coeffs, info.full_range)
-                            for pos in positions[1:]:
-                                rgb[pos].copy_(first)
-                        else:
-                            surface = _to_nv12_8bit(surface)
-                            for pos in positions:
-                                out[pos].copy_(surface)
-                        filled += len(positions)
-
-                ordinal = -1
-                try:
-                    for packet in demuxer:
-                        ordinal += 1
-                        if ordinal > last:
-                            break
-                        if ordinal in feed:
-                            if bool(packet.key) != probe.keyframe[ordinal]:
-                                raise _DemuxMismatch(
-                                    f"demuxers disagree at packet {ordinal}: "
-                                    f"key={bool(packet.key)} vs {probe.keyframe[ordinal]}"
-                                )
-                            nv_pts_to_ordinal[packet.pts] = ordinal
-                            take(session.decoder.Decode(packet))
-                    take(session.decoder.Decode(nvc.PacketData()))  # end of stream: flush the reorder queue
-                except (CorruptMediaError, _DemuxMismatch, _StaleSurface):
-                    raise
-                except nvc.PyNvVCExceptionUnsupported as e:
-                    _unsupported_here.add((session.gpu, info.codec, info.bit_depth))
-                    raise UnsupportedCodecError(
-                        f"NVDEC on GPU {session.gpu} cannot decode {info.codec} {info.bit_depth}-bit "
-                        f"{info.width}x{info.height}: {' '.join(str(e).split())}"
-                    ) from e
-                except Exception as e:
-                    raise CorruptMediaError(f"NVDEC {info.codec} decode failed ({type(e).__name__}: {e})") from e
-                if filled != count:
-                    raise CorruptMediaError(f"NVDEC {info.codec} decoder produced {filled} of {count} requested frames")
+            halves = split_feed(probe, plan) if settings().nvdec_split else None
+            with pool.session(key, info.width, info.height, gpu=session.gpu, exact=exact, wait=False) if halves \
+                    else contextlib.nullcontext() as helper:
+                if helper is None:  # no second decoder free (or nothing worth cutting): one pass
+                    filled = _decode_part(data, demuxer, probe, plan, plan.feed, session, kern, dst)
+                else:  # the second half on a helper session, at the same time, on the same GPU
+                    with ThreadPoolExecutor(1, thread_name_prefix="mmprep-nvdec") as ex:
+                        later = ex.submit(_decode_part, data, None, probe, plan, halves[1], helper, kern, dst)
+                        try:
+                            filled = _decode_part(data, demuxer, probe, plan, halves[0], session, kern, dst)
+                        finally:
+                            filled_later = later.result()
+                        filled += filled_later
+                    caller_stream.wait_stream(helper.stream)
+            if filled != count:
+                raise CorruptMediaError(f"NVDEC {info.codec} decoder produced {filled} of {count} requested frames")
             # The result was allocated on the caller's stream; make that stream wait for our work.
             caller_stream.wait_stream(session.stream)
             if kern is not None:
-                return rgb
+                return dst
             with torch.cuda.device(session.gpu), torch.cuda.stream(caller_stream):
-                return nv12_to_rgb(out, info.height, info.width, matrix=info.matrix, full_range=info.full_range)
+                return nv12_to_rgb(dst, info.height, info.width, matrix=info.matrix, full_range=info.full_range)
         finally:
-            wait_idle(session.stream)  # work queued into our buffers must land before their memory is reused
-            out = rgb = None  # free buffers now, also when an error's traceback outlives this call
+            dst = None  # free the buffer now, also when an error's traceback outlives this call
+
+
+def _decode_part(data: bytes, demuxer, probe: Probe, plan: DecodePlan, feed: list[int], session: Session, kern,
+                 dst: torch.Tensor) -> int:
+    """Feed packets ``feed`` (a run of ``plan.feed`` that starts at a keyframe) of ``data`` to ``session``, read
+    by ``demuxer`` (a fresh one on ``data`` when None); write the wanted frames into ``dst`` (RGB with the fused
+    kernel, else NV12); return how many slots it filled."""
+    nvc = _nvc()
+    info = probe.stream
+    try:
+        if demuxer is None:
+            demuxer = nvc.CreateDemuxer(BytesReader(data))
+    except Exception as e:
+        raise CorruptMediaError(f"NVDEC demuxer rejected the stream ({type(e).__name__}: {e})") from e
+    wanted = set(feed)
+    first, last = (feed[0], feed[-1]) if feed else (0, -1)
+    packet_of_frame = probe.packet_of_frame()
+    coeffs = list(coefficients(info.matrix))
+    try:
+        if session.width and (session.width, session.height) != (info.width, info.height):
+            session.decoder.setReconfigParams(info.width, info.height)
+        with torch.cuda.device(session.gpu), torch.cuda.stream(session.stream):
+            nv_pts_to_ordinal: dict[int, int] = {}
+            filled = 0
+            produced = 0
+
+            def take(frames) -> None:
+                nonlocal filled, produced
+                for frame in frames:
+                    if plan.sequential:
+                        ordinal = packet_of_frame[produced] if produced < info.num_frames else None
+                    else:
+                        ordinal = nv_pts_to_ordinal.get(frame.getPTS())
+                    produced += 1
+                    positions = plan.slots.get(ordinal) if ordinal is not None else None
+                    if not positions:
+                        continue
+                    surface = _surface(_frame_tensor(frame), info.height, info.width)
+                    if kern is not None:
+                        head = dst[positions[0]]
+                        kern.nv12_to_rgb(surface, info.height, info.width, head, coeffs, info.full_range)
+                        for pos in positions[1:]:
+                            dst[pos].copy_(head)
+                    else:
+                        surface = _to_nv12_8bit(surface)
+                        for pos in positions:
+                            dst[pos].copy_(surface)
+                    filled += len(positions)
+
+            ordinal = -1
+            try:
+                for packet in demuxer:
+                    ordinal += 1
+                    if ordinal > last:
+                        break
+                    if ordinal < first or ordinal not in wanted:
+                        continue
+                    if bool(packet.key) != probe.keyframe[ordinal]:
+                        raise _DemuxMismatch(
+                            f"demuxers disagree at packet {ordinal}: key={bool(packet.key)} vs {probe.keyframe[ordinal]}"
+                        )
+                    nv_pts_to_ordinal[packet.pts] = ordinal
+                    take(session.decoder.Decode(packet))
+                take(session.decoder.Decode(nvc.PacketData()))  # end of stream: flush the reorder queue
+            except (CorruptMediaError, _DemuxMismatch, _StaleSurface):
+                raise
+            except nvc.PyNvVCExceptionUnsupported as e:
+                _unsupported_here.add((session.gpu, info.codec, info.bit_depth))
+                raise UnsupportedCodecError(
+                    f"NVDEC on GPU {session.gpu} cannot decode {info.codec} {info.bit_depth}-bit "
+                    f"{info.width}x{info.height}: {' '.join(str(e).split())}"
+                ) from e
+            except Exception as e:
+                raise CorruptMediaError(f"NVDEC {info.codec} decode failed ({type(e).__name__}: {e})") from e
+        return filled
+    finally:
+        wait_idle(session.stream)  # work queued into our buffers must land before their memory is reused
