@@ -316,7 +316,8 @@ def _latency(r: dict) -> str:
     if "latency_ms_c1" not in r:
         return "-"
     export = f", export {r['export_ms_c1']:.1f}" if "export_ms_c1" in r else ""
-    extra = f" ({r['worker_ms_c1']:.1f}{export}; {r['ping_ms_c1']:.2f})" if "worker_ms_c1" in r else ""
+    ping = f"; {r['ping_ms_c1']:.2f}" if "ping_ms_c1" in r else ""  # (absent from lines a cut run printed short)
+    extra = f" ({r['worker_ms_c1']:.1f}{export}{ping})" if "worker_ms_c1" in r else ""
     return f"{r['latency_ms_c1']:.1f}{extra}"
 
 
