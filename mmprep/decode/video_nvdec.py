@@ -2,7 +2,8 @@
 
 Bytes are demuxed by PyNvVideoCodec's FFmpeg demuxer through a read callback (no temp file).
 Only the packets in the decode plan reach the decoder (skipped GOPs, skipped non-reference
-frames, nothing after the last sampled frame). Frames come out as NV12/P016 surfaces, are
+frames, nothing after the last sampled frame). A long plan is cut at a keyframe and its second half
+decodes on a second session at the same time when one is free (``sampling.split_feed``). Frames come out as NV12/P016 surfaces, are
 copied (DLPack, on the GPU) into one buffer, then converted to RGB in a single batched pass.
 """
 
