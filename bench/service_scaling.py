@@ -95,11 +95,12 @@ def drive(fn, data: bytes, threads: int, videos: int, children: bool = True, go=
 
 def latency_ms(fn, data: bytes, n: int = 12, busy=None) -> dict:
     """Median wall ms of one request at a time (low load), after one warm request; with ``busy`` (a service's
-    total worker seconds so far: on requests, on exporting results) also the median ms of each per request."""
+    total worker seconds so far, by phase) also the median ms of each phase per request."""
     fn(data)
-    times, spent, exported = [], [], []
+    times: list[float] = []
+    phases: dict[str, list[float]] = {}
     for _ in range(n):
-        b0 = busy() if busy else (0.0, 0.0)
+        b0 = busy() if busy else {}
         t0 = time.perf_counter()
         fn(data)
         if torch.cuda.is_available():
@@ -107,18 +108,19 @@ def latency_ms(fn, data: bytes, n: int = 12, busy=None) -> dict:
         times.append(1000 * (time.perf_counter() - t0))
         if busy:
             b1 = busy()
-            spent.append(1000 * (b1[0] - b0[0]))
-            exported.append(1000 * (b1[1] - b0[1]))
+            for k in b1:
+                phases.setdefault(k, []).append(1000 * (b1[k] - b0[k]))
     med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
     out = {"latency_ms_c1": med(times)}
-    if busy:
-        out["worker_ms_c1"], out["export_ms_c1"] = med(spent), med(exported)
+    names = {"busy": "worker"}  # the worker's whole time per request keeps its earlier key
+    out.update({f"{names.get(k, k)}_ms_c1": med(v) for k, v in phases.items()})
     return out
 
 
-def _busy(svc) -> tuple[float, float]:
+def _busy(svc) -> dict[str, float]:
+    """Seconds all workers of ``svc`` spent so far, by phase (``busy``, ``read``, ``decode``, ``export``)."""
     workers = svc.stats()["workers"]
-    return sum(w["busy_s"] for w in workers), sum(w["export_s"] for w in workers)
+    return {k.removesuffix("_s"): sum(w[k] for w in workers) for k in workers[0] if k.endswith("_s")}
 
 
 def _client(address: str, data: bytes, idx: list[int], threads: int, videos: int, go, out) -> None:
@@ -248,7 +250,9 @@ def main() -> None:
         arms = a.arms.split(",")
         if "in-process" in arms and (a.in_process_gpus is None or str(n) in a.in_process_gpus.split(",")):
             r = drive(in_process, data, a.threads_per_gpu * n, a.videos_per_gpu * n, children=False)
-            done({"arm": "in-process", "gpus": n, "workers_per_gpu": 0, **r, **latency_ms(in_process, data)})
+            decode_only = latency_ms(lambda d: mmprep.decode_video(d, indices=idx, device="cuda:0"), data)
+            done({"arm": "in-process", "gpus": n, "workers_per_gpu": 0, **r, **latency_ms(in_process, data),
+                  "decode_ms_c1": decode_only["latency_ms_c1"]})
         if "per-gpu" in arms:
             r = per_gpu_arm(gpus, data, idx, a.threads_per_gpu, a.videos_per_gpu)
             done({"arm": "process per GPU", "gpus": n, "workers_per_gpu": 0, **r})
@@ -273,7 +277,7 @@ def main() -> None:
 def write(results: list[dict], meta: dict, out: str | None, note: str = "") -> None:
     """Print the table; with ``out``, write it (.md), the data (.json) and the plot (.png) beside it."""
     rows = ["| arm | GPUs | workers/GPU | videos/s | x same arm, fewest GPUs | x in-process, 1 GPU | caller CPU-ms/video |"
-            " worker CPU-ms/video | ms, one at a time (in the worker[, exporting]; ping) |", "|---|---|---|---|---|---|---|---|---|"]
+            " worker CPU-ms/video | ms, one at a time (in the worker: reading input, decoding, exporting; ping) |", "|---|---|---|---|---|---|---|---|---|"]
     fewest = min(r["gpus"] for r in results)
     base = {(r["arm"], r["workers_per_gpu"]): r["videos_per_s"] for r in results if r["gpus"] == fewest}
     one_gpu = next((r["videos_per_s"] for r in results if r["arm"] == "in-process" and r["gpus"] == 1), float("nan"))
@@ -315,10 +319,11 @@ def merge(paths: list[str], out: str, note: str) -> None:
 def _latency(r: dict) -> str:
     if "latency_ms_c1" not in r:
         return "-"
-    export = f", export {r['export_ms_c1']:.1f}" if "export_ms_c1" in r else ""
-    ping = f"; {r['ping_ms_c1']:.2f}" if "ping_ms_c1" in r else ""  # (absent from lines a cut run printed short)
-    extra = f" ({r['worker_ms_c1']:.1f}{export}{ping})" if "worker_ms_c1" in r else ""
-    return f"{r['latency_ms_c1']:.1f}{extra}"
+    parts = [f"{k} {r[f'{k}_ms_c1']:.1f}" for k in ("read", "decode", "export") if f"{k}_ms_c1" in r]
+    if "worker_ms_c1" not in r:  # in-process: its decode share, for the worker's to be compared with
+        return f"{r['latency_ms_c1']:.1f}" + (f" ({', '.join(parts)})" if parts else "")
+    ping = f"; ping {r['ping_ms_c1']:.2f}" if "ping_ms_c1" in r else ""  # (absent from lines a cut run printed short)
+    return f"{r['latency_ms_c1']:.1f} (worker {r['worker_ms_c1']:.1f}{': ' if parts else ''}{', '.join(parts)}{ping})"
 
 
 def plot(results: list[dict], png: str, title: str) -> None:

@@ -57,9 +57,12 @@ def test_stats_count_the_time_workers_spend_on_requests(service):
     assert 0.2 <= after["busy_s"] - before["busy_s"] <= wall  # the worker's share of the caller's wall time
     assert after["export_s"] - before["export_s"] < 0.01  # a ping's answer has no tensors to hand out
     total = lambda key: sum(w[key] for w in service.stats()["workers"])  # noqa: E731
-    busy, exported = total("busy_s"), total("export_s")
+    keys = ("busy_s", "read_s", "decode_s", "export_s")
+    busy, read, decoded, exported = (total(k) for k in keys)
     service.decode_video(clip("h264", frames=24), num_frames=4)  # frames leave through shared memory
-    assert 0 < total("export_s") - exported < total("busy_s") - busy
+    d_busy, d_read, d_decode, d_export = (total(k) - v for k, v in zip(keys, (busy, read, decoded, exported)))
+    assert 0 < d_read and 0 < d_decode and 0 < d_export  # each phase of this request is counted ...
+    assert d_read + d_decode + d_export < d_busy  # ... and they are parts of the worker's time on it
 
 
 def test_bad_media_raise_the_same_error_and_the_worker_lives(service):

@@ -59,10 +59,9 @@ class _Worker:
     ready: threading.Event = field(default_factory=threading.Event)
     restarts: int = 0
     served: int = 0
-    busy_s: float = 0.0
-    """Seconds the worker spent on the requests it answered (from reading the input to the answer)."""
-    export_s: float = 0.0
-    """Of ``busy_s``, the seconds spent handing results out (CUDA IPC leases, shared memory)."""
+    spent: dict[str, float] = field(default_factory=lambda: dict.fromkeys(_worker.PHASES, 0.0))
+    """Seconds the worker spent on the requests it answered (``busy``: from reading the input to the answer) and
+    of them on each phase (``worker.PHASES``)."""
     early_exits: int = 0
     """Exits in a row before the worker said it was ready (reset when it is)."""
     broken: str | None = None
@@ -191,12 +190,12 @@ class MediaService(ServiceApi):
 
     def stats(self) -> dict[str, Any]:
         """Per worker: device, pid, requests in flight, restarts, requests answered and the seconds spent on them
-        (``busy_s``, of which ``export_s`` handing results out: a caller's wall time minus the worker's is the
-        service's own overhead)."""
+        (``busy_s``, of which ``read_s`` copying inputs out of shared memory, ``decode_s`` decoding and ``export_s``
+        handing results out: a caller's wall time minus the worker's is the service's own overhead)."""
         with self._lock:
             return {"workers": [{"device": w.device, "pid": w.process.pid if w.process else None,
                                  "inflight": len(w.inflight), "restarts": w.restarts, "served": w.served,
-                                 "busy_s": w.busy_s, "export_s": w.export_s}
+                                 **{f"{k}_s": v for k, v in w.spent.items()}}
                                 for w in self._workers]}
 
     def _call(self, op: str, source: Source | SharedBytes | None, options: dict[str, Any], gpu: int | None,
@@ -285,8 +284,8 @@ class MediaService(ServiceApi):
                 w = self._workers[index]
                 fut, _ = w.inflight.pop(rid, (None, 0.0))
                 w.served += 1
-                w.busy_s += spent[0]
-                w.export_s += spent[1]
+                for k, v in spent.items():
+                    w.spent[k] = w.spent.get(k, 0.0) + v
             if fut is not None and not fut.done():
                 fut.set_result((status, payload))
 

@@ -1,7 +1,7 @@
 """One media worker process: owns one device (a GPU's NVDEC sessions, kernels and budget, or the CPU).
 
 Requests arrive as (id, op, ``SharedBytes`` naming the caller's shared memory, options); results leave as small messages
-(id, status, worker index, payload, (seconds the worker spent on the request, of which exporting the result)):
+(id, status, worker index, payload, seconds the worker spent on the request by phase: ``PHASES``):
 GPU tensors as ``mmprep.ipc`` handles (the memory stays here, leased to the caller), CPU tensors
 through torch's shared memory (small ones by value). Bad media come back as the ``MediaError`` subclass's name and text.
 """
@@ -25,6 +25,10 @@ _running_lock = threading.Lock()
 _inputs = Attached()
 
 
+PHASES = ("busy", "read", "decode", "export")
+"""The request's seconds in the worker, and of them: copying the input out of shared memory, decoding, handing
+results out (what is left of ``busy`` is preprocessing and bookkeeping)."""
+
 SMALL_BYTES = 64 << 10
 """CPU tensors up to this size travel by value: sharing one costs a segment and a descriptor hand-off."""
 
@@ -45,8 +49,10 @@ def _video_fields(video) -> dict[str, Any]:
                                           "height", "codec", "backend", "rotation")}
 
 
-def run_op(op: str, data: bytes, device: str, options: dict[str, Any]) -> dict[str, Any]:
-    """Do ``op`` on ``data``: the result's fields, tensors still this process's (``export`` hands them out)."""
+def run_op(op: str, data: bytes, device: str, options: dict[str, Any], spent: dict[str, float] | None = None
+           ) -> dict[str, Any]:
+    """Do ``op`` on ``data``: the result's fields, tensors still this process's (``export`` hands them out); the
+    seconds spent decoding go to ``spent["decode"]`` when given."""
     import mmprep
 
     if op == "ping":
@@ -56,10 +62,15 @@ def run_op(op: str, data: bytes, device: str, options: dict[str, Any]) -> dict[s
         with _running_lock:
             return {"concurrent": max(_running[1], _running[0])}
     decode = dict(options.get("decode", {}))
+    t0 = time.perf_counter()
     if op == "decode_image":
         (image,) = mmprep.decode_images([data], device=device, **decode)
+        if spent is not None:
+            spent["decode"] = time.perf_counter() - t0
         return {"image": image}
     video = mmprep.decode_video(data, device=device, **decode)
+    if spent is not None:
+        spent["decode"] = time.perf_counter() - t0
     if op == "decode_video":
         return {"frames": video.frames, **_video_fields(video)}
     out = mmprep.preprocess(videos=[video], device=video.frames.device, **dict(options.get("preprocess", {})))
@@ -82,19 +93,21 @@ def main(index: int, device: str, requests, responses, lease_timeout: float, thr
         from mmprep import kernels
 
         kernels.fused(wait=True)  # built once per machine (cached on disk), loaded per worker
-    responses.put(("ready", "ready", index, None, (0.0, 0.0)))
+    responses.put(("ready", "ready", index, None, dict.fromkeys(PHASES, 0.0)))
     del mmprep
 
     def serve(rid, op, data, options) -> None:
         with _running_lock:
             _running[0] += 1
             _running[1] = max(_running[1], _running[0])
+        spent = dict.fromkeys(PHASES, 0.0)
         t0 = t1 = time.perf_counter()
         try:
             if op not in OPS:
                 raise ValueError(f"op must be one of {', '.join(OPS)}, got {op!r}")
             raw = _inputs.read(data) if data is not None else b""
-            result = run_op(op, raw, device, options)
+            spent["read"] = time.perf_counter() - t0
+            result = run_op(op, raw, device, options, spent)
             t1 = time.perf_counter()
             status, payload = "ok", export(result, lease_timeout)
             del result
@@ -106,7 +119,8 @@ def main(index: int, device: str, requests, responses, lease_timeout: float, thr
             with _running_lock:
                 _running[0] -= 1
         t2 = time.perf_counter()
-        responses.put((rid, status, index, payload, (t2 - t0, t2 - t1 if status == "ok" else 0.0)))
+        spent["busy"], spent["export"] = t2 - t0, (t2 - t1 if status == "ok" else 0.0)
+        responses.put((rid, status, index, payload, spent))
 
     with ThreadPoolExecutor(threads, thread_name_prefix=f"mmprep-worker-{index}") as pool:
         while True:
