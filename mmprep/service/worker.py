@@ -49,10 +49,9 @@ def _video_fields(video) -> dict[str, Any]:
                                           "height", "codec", "backend", "rotation")}
 
 
-def run_op(op: str, data: bytes, device: str, options: dict[str, Any], spent: dict[str, float] | None = None
-           ) -> dict[str, Any]:
+def run_op(op: str, data: bytes, device: str, options: dict[str, Any], spent: dict[str, float]) -> dict[str, Any]:
     """Do ``op`` on ``data``: the result's fields, tensors still this process's (``export`` hands them out); the
-    seconds spent decoding go to ``spent["decode"]`` when given."""
+    seconds spent decoding go to ``spent["decode"]``."""
     import mmprep
 
     if op == "ping":
@@ -64,17 +63,16 @@ def run_op(op: str, data: bytes, device: str, options: dict[str, Any], spent: di
     decode = dict(options.get("decode", {}))
     t0 = time.perf_counter()
     if op == "decode_image":
-        (image,) = mmprep.decode_images([data], device=device, **decode)
-        if spent is not None:
-            spent["decode"] = time.perf_counter() - t0
-        return {"image": image}
-    video = mmprep.decode_video(data, device=device, **decode)
-    if spent is not None:
-        spent["decode"] = time.perf_counter() - t0
+        (media,) = mmprep.decode_images([data], device=device, **decode)
+    else:
+        media = mmprep.decode_video(data, device=device, **decode)
+    spent["decode"] = time.perf_counter() - t0
+    if op == "decode_image":
+        return {"image": media}
     if op == "decode_video":
-        return {"frames": video.frames, **_video_fields(video)}
-    out = mmprep.preprocess(videos=[video], device=video.frames.device, **dict(options.get("preprocess", {})))
-    del video
+        return {"frames": media.frames, **_video_fields(media)}
+    out = mmprep.preprocess(videos=[media], device=media.frames.device, **dict(options.get("preprocess", {})))
+    del media
     return out
 
 
