@@ -13,17 +13,14 @@ import itertools
 import pytest
 import torch
 
-import mmprep
-
 from .media import clip_path
-from .util import VIDEOS_PER_THREAD, kernels_ready, run_rounds, run_threads, sample32
+from .util import PREPROCESS, VIDEOS_PER_THREAD, decode_preprocess, kernels_ready, run_rounds, run_threads, sample32_of
 
 CLIP = "h264_1080p_gop250"
 THREADS_PER_GPU = 16
 _N = max(1, torch.cuda.device_count())
 GPU_COUNTS = sorted({1, _N} | {2**k for k in range(_N.bit_length()) if 2**k <= _N})
 """1, 2, 4, ... and every GPU of the machine."""
-PREPROCESS = {"profile": "qwen2_vl", "dtype": torch.bfloat16}
 
 
 @pytest.mark.gpu
@@ -34,7 +31,7 @@ def bench_service_vs_in_process(benchmark, arm, gpus):
         pytest.skip(f"needs {gpus} GPUs")
     kernels_ready()
     data = clip_path(CLIP).read_bytes()
-    idx = sample32(mmprep.decode_video(data, indices=[0], device="cpu").total_frames)
+    idx = sample32_of(data)
     benchmark.group = f"service vs in-process: 10 s 1080p H.264 -> qwen2_vl pixel_values_videos, {gpus} GPU(s)"
     threads = THREADS_PER_GPU * gpus
     info = dict(path=arm, threads=threads, gpus=gpus)
@@ -42,8 +39,7 @@ def bench_service_vs_in_process(benchmark, arm, gpus):
         turn = itertools.count()
 
         def one(d: bytes) -> int:
-            v = mmprep.decode_video(d, indices=idx, device=f"cuda:{next(turn) % gpus}")
-            return mmprep.preprocess(videos=[v], device=v.frames.device, **PREPROCESS)["pixel_values_videos"].shape[0] > 0
+            return decode_preprocess(d, idx, f"cuda:{next(turn) % gpus}")["pixel_values_videos"].shape[0] > 0
 
         run_rounds(benchmark, lambda: run_threads(one, data, threads), threads * VIDEOS_PER_THREAD, rounds=2, **info)
         return

@@ -30,10 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: bench.util beside it
 
-from bench.util import cpu_seconds  # noqa: E402
-
-PREPROCESS = {"profile": "qwen2_vl", "dtype": torch.bfloat16}
-"""The preprocess options every arm uses: Qwen2-VL pixel_values_videos in bfloat16."""
+from bench.util import PREPROCESS, cpu_seconds, decode_preprocess  # noqa: E402
 
 
 def _children_cpu() -> float:
@@ -137,17 +134,10 @@ def _client(address: str, data: bytes, idx: list[int], threads: int, videos: int
 
 def _own_gpu(gpu: int, data: bytes, idx: list[int], threads: int, videos: int, go, out) -> None:
     """One process of the per-GPU arm: in-process decode + preprocess on its GPU."""
-    import mmprep
     from bench.util import kernels_ready
 
     kernels_ready()
-    dev = f"cuda:{gpu}"
-
-    def run(d: bytes) -> None:
-        v = mmprep.decode_video(d, indices=idx, device=dev)
-        mmprep.preprocess(videos=[v], device=v.frames.device, **PREPROCESS)
-
-    out.put(drive(run, data, threads, videos, children=False, go=go))
+    out.put(drive(lambda d: decode_preprocess(d, idx, f"cuda:{gpu}"), data, threads, videos, children=False, go=go))
 
 
 def together(target, arg_sets: list[tuple]) -> dict:
@@ -218,15 +208,14 @@ def main() -> None:
     import mmprep
     from bench.media import clip_path
     from mmprep import ipc
-    from bench.util import kernels_ready, sample32
+    from bench.util import kernels_ready, sample32_of
     from mmprep.service import MediaService
 
     kernels_ready()
     n_all = torch.cuda.device_count()
     counts = [int(x) for x in a.gpus.split(",")] if a.gpus else sorted({1, n_all})
     data = clip_path(a.clip).read_bytes()
-    total = mmprep.decode_video(data, indices=[0], device="cpu").total_frames
-    idx = sample32(total)
+    idx = sample32_of(data)
     meta = {"date": time.strftime("%Y-%m-%d"), "device": torch.cuda.get_device_name(0), "gpus_visible": n_all,
             "clip": a.clip, "frames": len(idx), "threads_per_gpu": a.threads_per_gpu, "torch": torch.__version__}
     results: list[dict] = []
@@ -243,9 +232,7 @@ def main() -> None:
         turn = iter(range(1 << 60))
 
         def in_process(d: bytes) -> None:
-            dev = f"cuda:{gpus[next(turn) % n]}"
-            v = mmprep.decode_video(d, indices=idx, device=dev)
-            mmprep.preprocess(videos=[v], device=v.frames.device, **PREPROCESS)
+            decode_preprocess(d, idx, f"cuda:{gpus[next(turn) % n]}")
 
         arms = a.arms.split(",")
         if "in-process" in arms and (a.in_process_gpus is None or str(n) in a.in_process_gpus.split(",")):

@@ -89,4 +89,23 @@ def sample32(total: int) -> list[int]:
     return np.linspace(0, total - 1, 32, dtype=int).tolist()
 
 
+PREPROCESS = {"profile": "qwen2_vl", "dtype": torch.bfloat16}
+"""The service benchmarks' preprocess options: Qwen2-VL ``pixel_values_videos`` in bfloat16."""
+
+
+def sample32_of(data: bytes) -> list[int]:
+    """32 frame indices spread over the clip ``data`` (its frame count read on the CPU)."""
+    import mmprep
+
+    return sample32(mmprep.decode_video(data, indices=[0], device="cpu").total_frames)
+
+
+def decode_preprocess(data: bytes, indices: list[int], device: str) -> dict[str, torch.Tensor]:
+    """The in-process path the service is measured against: decode ``indices`` on ``device``, then ``PREPROCESS``."""
+    import mmprep
+
+    v = mmprep.decode_video(data, indices=indices, device=device)
+    return mmprep.preprocess(videos=[v], device=v.frames.device, **PREPROCESS)
+
+
 # ---- decoders under test: each takes bytes and returns how many frames it produced ----
