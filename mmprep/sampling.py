@@ -120,7 +120,6 @@ def split_feed(probe: Probe, plan: DecodePlan, min_part: int = 24) -> tuple[list
     if plan.sequential or len(feed) < 2 * min_part:
         return None
     key, pts = probe.keyframe, probe.pts
-    best, best_size = None, len(feed)
     group, leading = -1, False
     sound: list[int] = []  # feed positions of keyframes whose group feeds no leading picture
     for i, p in enumerate(feed):
@@ -133,11 +132,9 @@ def split_feed(probe: Probe, plan: DecodePlan, min_part: int = 24) -> tuple[list
             leading = leading or pts[p] is None or k is None or pts[p] < k
     if group >= 0 and not leading:
         sound.append(group)
-    for i in sound:
-        if i == 0:
-            continue
-        larger = max(i, len(feed) - i)
-        if min(i, len(feed) - i) >= min_part and larger < best_size:
-            best, best_size = i, larger
-    return None if best is None else (feed[:best], feed[best:])
+    cuts = [i for i in sound if i > 0 and min(i, len(feed) - i) >= min_part]
+    if not cuts:
+        return None
+    best = min(cuts, key=lambda i: max(i, len(feed) - i))
+    return feed[:best], feed[best:]
 
