@@ -10,8 +10,10 @@ Workload: 10 s 1080p H.264 bytes (GOP 250, B-frames) -> 32 sampled frames -> Qwe
   per-GPU processes  one in-process caller per GPU (16 threads each), summed: the layout the service
                should match without asking the user to run one process per GPU
 Per arm: videos/s, caller CPU-ms per video (the calling process(es), all threads), worker CPU-ms per video;
-service arms also: one request at a time split into the worker's time (of which exporting the result) and a
-ping, and (JSON) CUDA IPC mappings the caller had to open per video.
+service arms also: one request at a time split into the worker's time (of which reading the input, decoding,
+exporting the result) and a ping; one request at a time taking turns with the in-process path on the same GPU
+(paired: the service's added ms without drift between two separate measurements); and (JSON) CUDA IPC mappings
+the caller had to open per video.
 
     python3 bench/service_scaling.py --out $OUT/service_scaling.json [--gpus 1,2] [--workers 1,2] [--clients 2,4]
 """
@@ -112,6 +114,24 @@ def latency_ms(fn, data: bytes, n: int = 12, busy=None) -> dict:
     names = {"busy": "worker"}  # the worker's whole time per request keeps its earlier key
     out.update({f"{names.get(k, k)}_ms_c1": med(v) for k, v in phases.items()})
     return out
+
+
+def paired_latency_ms(first, second, data: bytes, n: int = 16) -> dict:
+    """One request at a time, ``first`` then ``second`` in turn (same GPU, same moment: no drift between the arms'
+    separate measurements); medians of each and of the per-pair difference ``second - first``."""
+    first(data)
+    second(data)
+    a, b = [], []
+    for _ in range(n):
+        for fn, xs in ((first, a), (second, b)):
+            t0 = time.perf_counter()
+            fn(data)
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            xs.append(1000 * (time.perf_counter() - t0))
+    med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
+    return {"paired_in_process_ms_c1": med(a), "paired_service_ms_c1": med(b),
+            "paired_overhead_ms_c1": med([y - x for x, y in zip(a, b)])}
 
 
 def _busy(svc) -> dict[str, float]:
@@ -254,6 +274,8 @@ def main() -> None:
                 r["ipc_maps_per_video"] = (ipc.consumer_stats()["mapped"] - m0) / r["videos"]  # ~1 ms of caller CPU each
                 r.update(latency_ms(served, data, busy=lambda: _busy(svc)))
                 r["ping_ms_c1"] = latency_ms(lambda _: svc.ping(), b"")["latency_ms_c1"]
+                solo = lambda d: decode_preprocess(d, idx, "cuda:0")  # noqa: E731 - the worker's GPU, in this process
+                r.update(paired_latency_ms(solo, served, data))
             done({"arm": "service", "gpus": n, "workers_per_gpu": w, **r})
             for c in [int(x) for x in a.clients.split(",") if x]:
                 r = host_arm(gpus, w, c, data, idx, a.threads_per_gpu * n, a.videos_per_gpu * n)
@@ -310,7 +332,10 @@ def _latency(r: dict) -> str:
     if "worker_ms_c1" not in r:  # in-process: its decode share, for the worker's to be compared with
         return f"{r['latency_ms_c1']:.1f}" + (f" ({', '.join(parts)})" if parts else "")
     ping = f"; ping {r['ping_ms_c1']:.2f}" if "ping_ms_c1" in r else ""  # (absent from lines a cut run printed short)
-    return f"{r['latency_ms_c1']:.1f} (worker {r['worker_ms_c1']:.1f}{': ' if parts else ''}{', '.join(parts)}{ping})"
+    paired = (f"; paired with in-process: {r['paired_service_ms_c1']:.1f} vs {r['paired_in_process_ms_c1']:.1f}, "
+              f"+{r['paired_overhead_ms_c1']:.1f}" if "paired_overhead_ms_c1" in r else "")
+    return (f"{r['latency_ms_c1']:.1f} (worker {r['worker_ms_c1']:.1f}{': ' if parts else ''}{', '.join(parts)}{ping})"
+            + paired)
 
 
 def plot(results: list[dict], png: str, title: str) -> None:

@@ -452,6 +452,8 @@ def open(handle: Handle) -> torch.Tensor:  # noqa: A001 - the issue's name for i
         raise LeaseExpiredError(
             f"the lease for this handle has ended (slot {handle.slot}: released, timed out or reclaimed)"
         )
+    if handle.producer_pid == os.getpid():  # CUDA cannot map a process's own export: hand the tensor over
+        return _take_own(handle)
     dev = _local_device(handle.device_uuid)
     t.set_state(handle.slot, _OPENED, pid=os.getpid())
     key = (handle.mem, dev)
@@ -481,6 +483,19 @@ def open(handle: Handle) -> torch.Tensor:  # noqa: A001 - the issue's name for i
     out = flat.as_strided(handle.shape, handle.stride, 0)
     del mapping
     return out
+
+
+def _take_own(handle: Handle) -> torch.Tensor:
+    """``open`` in the producing process: the shared tensor itself; the lease ends (refcounting keeps it alive)."""
+    p = _producer
+    with (p.cond if p is not None else _producer_lock):
+        lease = p.leases.get(handle.slot) if p is not None and p.pid == os.getpid() else None
+        if lease is None or lease.generation != handle.generation or lease.tensor is None:
+            raise LeaseExpiredError(f"the lease for this handle has ended (slot {handle.slot}: released, timed out "
+                                    "or reclaimed)")
+        tensor = lease.tensor
+        p._drop(handle.slot, "released")
+    return tensor
 
 
 def release(handle: Handle) -> None:

@@ -8,6 +8,7 @@ import torch
 from vllm.logger import init_logger
 
 from .. import kernels, memory
+from ..config import settings
 from . import CONNECTOR_NAME, LOADER_NAME
 from .loader import SAMPLERS, make_loader
 
@@ -78,4 +79,16 @@ def _install_processor() -> list[str]:
         return []
     if torch.cuda.is_available():
         kernels.fused(wait=False)  # start the JIT build now; calls before it finishes take the torch path
-    return processor.install()
+    names = processor.install()
+    if settings().engine_ipc:  # the engine process loads plugins too: its models then take tickets for pixels
+        from .handoff import install_consumers
+
+        install_consumers({n: processor.MODELS[n] for n in names})
+        if not _said_ipc:
+            _said_ipc.append(True)
+            logger.info("mmprep: MMPREP_ENGINE_IPC=1: processor outputs reach the engine by CUDA IPC (needs DP=1, "
+                        "TP=1 and --mm-processor-cache-gb 0; vLLM versions that forward device tensors use their own)")
+    return names
+
+
+_said_ipc: list[bool] = []

@@ -26,7 +26,7 @@ import torch
 from transformers.feature_extraction_utils import BatchFeature
 from vllm.logger import init_logger
 
-from . import identity
+from . import handoff, identity
 from .. import memory
 from ..config import settings
 from ..device import wait_idle
@@ -56,6 +56,8 @@ class PixelOptions:
     """dtype of float outputs: the model's (vLLM casts HF's float32 to it before sending)."""
     keep_on_device: bool
     """Return GPU tensors (vLLM forwards them by CUDA IPC); else host tensors via pinned memory."""
+    tickets: bool = False
+    """Share GPU outputs with the engine by CUDA IPC and return tickets in their place (``handoff``)."""
 
 
 def _smart(mod: Any, t: int, h: int, w: int, kw: dict[str, Any]) -> tuple[int, int]:
@@ -148,7 +150,13 @@ class _Pixels:
                 grids.append(grid)
             values = outs[0] if len(outs) == 1 else torch.cat(outs)
             names = ("pixel_values_videos", "video_grid_thw") if key == "videos" else ("pixel_values", "image_grid_thw")
-            out = _place(BatchFeature({names[0]: values, names[1]: torch.cat(grids)}), opts)
+            grid = torch.cat(grids)
+            tickets = _tickets(values, grid, opts) if opts.tickets and dev.type == "cuda" else None
+            if tickets is not None:
+                values, tickets = tickets
+                out = BatchFeature({names[0]: tickets, names[1]: grid})
+            else:
+                out = _place(BatchFeature({names[0]: values, names[1]: grid}), opts)
         except BaseException:
             if lease is not None:
                 lease.release()
@@ -156,9 +164,19 @@ class _Pixels:
         if lease is not None:
             if opts.keep_on_device:
                 memory.hold_for(out[names[0]], lease)
+            elif tickets is not None:
+                memory.hold_for(values, lease)  # on the GPU until the engine releases it
             else:
                 lease.release()
         return out
+
+
+def _tickets(values: torch.Tensor, grid: torch.Tensor, opts: PixelOptions) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``values`` in the model dtype, shared with the engine, and its tickets; None when too much already waits."""
+    if values.is_floating_point() and values.dtype != opts.dtype:
+        values = values.to(opts.dtype)
+    tickets = handoff.pack(values, grid, int(settings().engine_ipc_gb * (1 << 30)))
+    return None if tickets is None else (values, tickets)
 
 
 def _float_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -260,7 +278,12 @@ def options_for(model_config: Any) -> PixelOptions:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     keep = getattr(mm, "mm_tensor_ipc", None) == "torch_shm" and device != "cpu" and _keeps_device_tensors()
-    return PixelOptions(device=device, dtype=model_config.dtype, keep_on_device=keep)
+    tickets = settings().engine_ipc and device != "cpu" and not keep
+    if tickets and getattr(mm, "mm_processor_cache_gb", 0) > 0:
+        logger.warning("mmprep: MMPREP_ENGINE_IPC=1 needs --mm-processor-cache-gb 0 (a cached output would outlive "
+                       "its CUDA IPC lease); sending processor outputs through host memory")
+        tickets = False
+    return PixelOptions(device=device, dtype=model_config.dtype, keep_on_device=keep, tickets=tickets)
 
 
 def keep_video_tensors(parser: Any) -> Any:
