@@ -192,10 +192,14 @@ def test_gpu_tickets_open_in_the_engine_process_equal_to_pixels(tiny, monkeypatc
 
 @pytest.mark.gpu
 def test_gpu_tickets_opened_by_their_own_process(tiny, monkeypatch, fresh_settings):
-    """The engine runs the processor itself for its memory profile: its own tickets must open too."""
+    """The engine runs the processor itself for its memory profile, and batches that one dummy item several
+    times: its own tickets must open, each once, however often they appear."""
     pixels, ticketed = _video_tickets(tiny, monkeypatch)
-    out = handoff.unpack(ticketed["pixel_values_videos"].cuda(), ticketed["video_grid_thw"])
-    assert torch.equal(out.cpu(), pixels["pixel_values_videos"])
+    t, g = ticketed["pixel_values_videos"], ticketed["video_grid_thw"]
+    out = handoff.unpack(torch.cat([t, t, t]).cuda(), torch.cat([g, g, g]))
+    want = pixels["pixel_values_videos"]
+    assert torch.equal(out.cpu(), torch.cat([want, want, want]))
+    del t
     del out, ticketed
     assert _all_released(), (ipc.outstanding(), handoff.pending_bytes())
 

@@ -188,15 +188,22 @@ def _check_single_consumer() -> None:
 def unpack(tickets: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
     """The pixels behind ``tickets`` (one per item of ``grid_thw``), copied onto ``tickets``' device."""
     _check_single_consumer()
+    opened: dict[tuple[str, int, int], torch.Tensor] = {}
+    parts = []
     try:
-        opened = [ipc.open(h) for h in read_tickets(tickets, _rows(grid_thw))]
+        for h in read_tickets(tickets, _rows(grid_thw)):
+            key = (h.table, h.slot, h.generation)  # vLLM's memory profile batches one dummy item several times
+            if key not in opened:
+                opened[key] = ipc.open(h)
+            parts.append(opened[key])
     except (ipc.LeaseExpiredError, RuntimeError) as e:
         raise RuntimeError(f"mmprep could not open the processor's output in the engine ({e}). MMPREP_ENGINE_IPC=1 "
                            "needs data-parallel size 1 (the engine sees the API server's GPU) and "
                            "--mm-processor-cache-gb 0") from e
-    dev = tickets.device if tickets.is_cuda else opened[0].device
-    out = torch.cat([t.to(dev, non_blocking=True) for t in opened])
-    _drop_later(opened, torch.cuda.current_stream(dev))
+    dev = tickets.device if tickets.is_cuda else parts[0].device
+    out = torch.cat([t.to(dev, non_blocking=True) for t in parts])
+    del parts
+    _drop_later(list(opened.values()), torch.cuda.current_stream(dev))
     return out
 
 
