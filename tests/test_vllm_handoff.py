@@ -36,7 +36,7 @@ def test_codec_round_trip_fits_the_smallest_item():
     blob = handoff.encode(h)
     assert handoff.decode(blob) == h
     assert handoff.decode(blob + bytes(100)) == h  # trailing zeros of the item's rows are ignored
-    assert len(blob) <= 16 * handoff.WIDTH  # a 4x4-patch image (16 rows) holds it
+    assert len(blob) <= handoff._ROOM <= 16 * handoff.WIDTH  # a 4x4-patch image (16 rows) holds it
 
 
 def test_decode_refuses_what_is_not_a_ticket():

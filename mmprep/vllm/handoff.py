@@ -41,6 +41,8 @@ OPEN_TIMEOUT_S = 600.0
 """How long a shared output waits to be opened by the engine (queued requests wait too) before it is reclaimed."""
 
 _DTYPES = ("bfloat16", "float32", "float16", "uint8")
+_ROOM = 512
+"""Ticket bytes ``pack`` makes sure every item has before it shares anything (a handle takes about 300)."""
 
 
 def _str(b: bytes) -> bytes:
@@ -132,10 +134,13 @@ def _settle(n: int) -> None:
 
 def pack(values: torch.Tensor, grid_thw: torch.Tensor, limit_bytes: int) -> torch.Tensor | None:
     """Share ``values`` (CUDA; one row block per item of ``grid_thw``) and return its tickets; None when the
-    outputs waiting for the engine would pass ``limit_bytes`` (the caller then sends the pixels themselves)."""
+    outputs waiting for the engine would pass ``limit_bytes`` or an item has too few rows to hold a ticket (the
+    caller then sends the pixels themselves)."""
     rows = _rows(grid_thw)
     if sum(rows) != values.shape[0]:
         raise ValueError(f"values have {values.shape[0]} rows, grid_thw says {sum(rows)}")
+    if min(rows) * WIDTH < _ROOM:  # an item too small to hold its ticket: send pixels (they are small too)
+        return None
     nbytes = values.numel() * values.element_size()
     with _pending_lock:
         if _pending[0] + nbytes > limit_bytes:
