@@ -138,6 +138,16 @@ def test_options_need_the_processor_cache_off(tiny, monkeypatch, fresh_settings)
     assert not hook.options_for(model_config(tiny, dtype="bfloat16", mm_processor_cache_gb=0)).tickets
 
 
+def test_tickets_off_for_a_parallel_server_command_line(tiny, monkeypatch, fresh_settings):
+    """DP/TP/PP > 1 would open one ticket in several processes or on a GPU the engine cannot see."""
+    assert hook._parallel_flags(["vllm", "serve", "m", "--data-parallel-size", "4", "-tp=2"]) == "DP=4, TP=2"
+    assert hook._parallel_flags(["vllm", "serve", "m", "--data-parallel-size", "1", "--port", "8000"]) == ""
+    monkeypatch.setenv("MMPREP_ENGINE_IPC", "1")
+    monkeypatch.setenv("MMPREP_PROCESSOR_DEVICE", "cuda")
+    monkeypatch.setattr("sys.argv", ["vllm", "serve", "m", "--data-parallel-size=4"])
+    assert not hook.options_for(model_config(tiny, dtype="bfloat16", mm_processor_cache_gb=0)).tickets
+
+
 # ---------------------------------------------------------------- GPU: real shares, real processor
 def _engine(conn) -> None:
     """Child: unpack the tickets it is sent (as the engine would) and report a checksum."""

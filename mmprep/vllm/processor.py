@@ -283,7 +283,28 @@ def options_for(model_config: Any) -> PixelOptions:
         logger.warning("mmprep: MMPREP_ENGINE_IPC=1 needs --mm-processor-cache-gb 0 (a cached output would outlive "
                        "its CUDA IPC lease); sending processor outputs through host memory")
         tickets = False
+    if tickets and (parallel := _parallel_flags(sys.argv)):
+        logger.warning("mmprep: MMPREP_ENGINE_IPC=1 needs one engine process per output (this server runs %s); "
+                       "sending processor outputs through host memory", parallel)
+        tickets = False
     return PixelOptions(device=device, dtype=model_config.dtype, keep_on_device=keep, tickets=tickets)
+
+
+_PARALLEL = {"--data-parallel-size": "DP", "-dp": "DP", "--tensor-parallel-size": "TP", "-tp": "TP",
+             "--pipeline-parallel-size": "PP", "-pp": "PP"}
+
+
+def _parallel_flags(argv: list[str]) -> str:
+    """The server's parallel sizes above 1, read from its command line ("" when none): the API server's processor
+    sees only the model config, and tickets need a single engine process (the engine refuses them otherwise)."""
+    found = []
+    for i, arg in enumerate(argv):
+        name, _, value = arg.partition("=")
+        if name in _PARALLEL:
+            value = value or (argv[i + 1] if i + 1 < len(argv) else "1")
+            if value.isdigit() and int(value) > 1:
+                found.append(f"{_PARALLEL[name]}={value}")
+    return ", ".join(found)
 
 
 def keep_video_tensors(parser: Any) -> Any:
