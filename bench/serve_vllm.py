@@ -5,7 +5,9 @@ Arms (one server each, run one after another in one call):
   mmprep   VLLM_VIDEO_LOADER_BACKEND=mmprep + VLLM_MEDIA_CONNECTOR=mmprep: NVDEC/nvJPEG decode and
            the processor's pixel work on the GPU (mmprep's processor hook, on by default with these).
   mmprep-workers  the same, decoding in ``mmprep.service`` worker processes (``MMPREP_WORKERS``).
-  mmprep-ipc  the same, processor outputs handed to the engine by CUDA IPC tickets (``MMPREP_ENGINE_IPC=1``)
+  vllm-nvdec  vLLM's own GPU decoder (``--media-io-kwargs '{"video": {"backend": "pynvvideocodec"}}'``, 0.26
+           and 0.32): PyNvVideoCodec decodes, frames go to pinned host memory, HF's processor runs on the CPU.
+  mmprep-ipc  mmprep, processor outputs handed to the engine by CUDA IPC tickets (``MMPREP_ENGINE_IPC=1``)
            instead of through host memory and vLLM's socket (vLLM versions that send no device tensors).
   ceiling  vLLM's default with the processor cache on: each clip is sent once with a uuid, then the
            timed requests send only the uuid, so no fetch, decode or processing runs; the engine still
@@ -310,6 +312,8 @@ def server_cmd(a, arm: str) -> tuple[list[str], dict]:
         env["VLLM_VIDEO_LOADER_BACKEND"] = "mmprep"
         env["VLLM_MEDIA_CONNECTOR"] = "mmprep"
         cmd += ["--media-io-kwargs", json.dumps({"video": {"device": a.decode_device}})]
+    if arm == "vllm-nvdec":  # vLLM's own GPU decoder (0.26 and 0.32): frames to the host, HF processor on the CPU
+        cmd += ["--media-io-kwargs", json.dumps({"video": {"backend": "pynvvideocodec"}})]
     if arm == "mmprep-ipc":
         env["MMPREP_ENGINE_IPC"] = "1"
     if arm == "mmprep-workers":
