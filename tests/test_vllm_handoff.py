@@ -65,6 +65,29 @@ def test_tickets_slice_and_batch_like_pixels():
         handoff.read_tickets(t, [16, 40])
 
 
+def test_tickets_ride_vllms_own_slicing_and_batching():
+    """Through vLLM's own code: the processor output is cut into items by Qwen2-VL's field config, and the engine
+    batches items of two requests in its own order; each item still opens its own handle."""
+    from transformers.feature_extraction_utils import BatchFeature
+    from vllm.model_executor.models.qwen2_vl import _create_qwen2vl_field_factory
+    from vllm.multimodal.inputs import MultiModalKwargsItems
+    from vllm.multimodal.utils import group_and_batch_mm_kwargs
+
+    requests = [([16, 40], torch.tensor([[1, 4, 4], [1, 4, 10]])), ([24], torch.tensor([[1, 4, 6]]))]
+    hs, items = [], []
+    for rows, grid in requests:
+        mine = [handle(len(hs) + i, n) for i, n in enumerate(rows)]
+        hs += mine
+        hf = BatchFeature({"pixel_values": handoff.write_tickets([handoff.encode(h) for h in mine], rows),
+                           "image_grid_thw": grid})
+        kw = MultiModalKwargsItems.from_hf_inputs(hf, _create_qwen2vl_field_factory(2)(hf))
+        items += [("image", item) for item in kw["image"]]
+    ((modality, n, batch),) = list(group_and_batch_mm_kwargs([items[2], items[0], items[1]]))
+    assert modality == "image" and n == 3 and handoff.is_ticket(batch["pixel_values"])
+    got = handoff.read_tickets(batch["pixel_values"], handoff._rows(batch["image_grid_thw"]))
+    assert got == [hs[2], hs[0], hs[1]]
+
+
 def test_tickets_refuse_an_item_too_small_for_its_handle():
     with pytest.raises(ValueError, match="2 rows"):
         handoff.write_tickets([handoff.encode(handle(0))], [2])
