@@ -92,6 +92,19 @@ def drive(fn, data: bytes, threads: int, videos: int, children: bool = True, go=
             "worker_cpu_ms_per_video": 1000 * (_children_cpu() - k0) / videos if children else float("nan")}
 
 
+def _one_ms(fn, data: bytes) -> float:
+    """Wall ms of ``fn(data)`` until its GPU work is done."""
+    t0 = time.perf_counter()
+    fn(data)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return 1000 * (time.perf_counter() - t0)
+
+
+def _median(xs: list[float]) -> float:
+    return sorted(xs)[len(xs) // 2]
+
+
 def latency_ms(fn, data: bytes, n: int = 12, busy=None) -> dict:
     """Median wall ms of one request at a time (low load), after one warm request; with ``busy`` (a service's
     total worker seconds so far, by phase) also the median ms of each phase per request."""
@@ -100,19 +113,14 @@ def latency_ms(fn, data: bytes, n: int = 12, busy=None) -> dict:
     phases: dict[str, list[float]] = {}
     for _ in range(n):
         b0 = busy() if busy else {}
-        t0 = time.perf_counter()
-        fn(data)
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(1000 * (time.perf_counter() - t0))
+        times.append(_one_ms(fn, data))
         if busy:
             b1 = busy()
             for k in b1:
                 phases.setdefault(k, []).append(1000 * (b1[k] - b0[k]))
-    med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
-    out = {"latency_ms_c1": med(times)}
+    out = {"latency_ms_c1": _median(times)}
     names = {"busy": "worker"}  # the worker's whole time per request keeps its earlier key
-    out.update({f"{names.get(k, k)}_ms_c1": med(v) for k, v in phases.items()})
+    out.update({f"{names.get(k, k)}_ms_c1": _median(v) for k, v in phases.items()})
     return out
 
 
@@ -123,15 +131,10 @@ def paired_latency_ms(first, second, data: bytes, n: int = 16) -> dict:
     second(data)
     a, b = [], []
     for _ in range(n):
-        for fn, xs in ((first, a), (second, b)):
-            t0 = time.perf_counter()
-            fn(data)
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            xs.append(1000 * (time.perf_counter() - t0))
-    med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
-    return {"paired_in_process_ms_c1": med(a), "paired_service_ms_c1": med(b),
-            "paired_overhead_ms_c1": med([y - x for x, y in zip(a, b)])}
+        a.append(_one_ms(first, data))
+        b.append(_one_ms(second, data))
+    return {"paired_in_process_ms_c1": _median(a), "paired_service_ms_c1": _median(b),
+            "paired_overhead_ms_c1": _median([y - x for x, y in zip(a, b)])}
 
 
 def _busy(svc) -> dict[str, float]:

@@ -488,14 +488,14 @@ def open(handle: Handle) -> torch.Tensor:  # noqa: A001 - the issue's name for i
 def _take_own(handle: Handle) -> torch.Tensor:
     """``open`` in the producing process: the shared tensor itself; the lease ends (refcounting keeps it alive)."""
     p = _producer
-    with (p.cond if p is not None else _producer_lock):
-        lease = p.leases.get(handle.slot) if p is not None and p.pid == os.getpid() else None
-        if lease is None or lease.generation != handle.generation or lease.tensor is None:
-            raise LeaseExpiredError(f"the lease for this handle has ended (slot {handle.slot}: released, timed out "
-                                    "or reclaimed)")
-        tensor = lease.tensor
-        p._drop(handle.slot, "released")
-    return tensor
+    if p is not None and p.pid == os.getpid():
+        with p.cond:
+            lease = p.leases.get(handle.slot)
+            if lease is not None and lease.generation == handle.generation and lease.tensor is not None:
+                tensor = lease.tensor
+                p._drop(handle.slot, "released")
+                return tensor
+    raise LeaseExpiredError(f"the lease for this handle has ended (slot {handle.slot}: released, timed out or reclaimed)")
 
 
 def release(handle: Handle) -> None:

@@ -151,9 +151,9 @@ class _Pixels:
             values = outs[0] if len(outs) == 1 else torch.cat(outs)
             names = ("pixel_values_videos", "video_grid_thw") if key == "videos" else ("pixel_values", "image_grid_thw")
             grid = torch.cat(grids)
-            tickets = _tickets(values, grid, opts) if opts.tickets and dev.type == "cuda" else None
-            if tickets is not None:
-                values, tickets = tickets
+            shared = _tickets(values, grid, opts) if opts.tickets and dev.type == "cuda" else None
+            if shared is not None:
+                values, tickets = shared
                 out = BatchFeature({names[0]: tickets, names[1]: grid})
             else:
                 out = _place(BatchFeature({names[0]: values, names[1]: grid}), opts)
@@ -164,7 +164,7 @@ class _Pixels:
         if lease is not None:
             if opts.keep_on_device:
                 memory.hold_for(out[names[0]], lease)
-            elif tickets is not None:
+            elif shared is not None:
                 memory.hold_for(values, lease)  # on the GPU until the engine releases it
             else:
                 lease.release()
@@ -173,8 +173,7 @@ class _Pixels:
 
 def _tickets(values: torch.Tensor, grid: torch.Tensor, opts: PixelOptions) -> tuple[torch.Tensor, torch.Tensor] | None:
     """``values`` in the model dtype, shared with the engine, and its tickets; None when too much already waits."""
-    if values.is_floating_point() and values.dtype != opts.dtype:
-        values = values.to(opts.dtype)
+    values = _in_model_dtype(values, opts)
     tickets = handoff.pack(values, grid, int(settings().engine_ipc_gb * (1 << 30)))
     return None if tickets is None else (values, tickets)
 
@@ -190,13 +189,17 @@ def _out_bytes(frames: list[torch.Tensor], sizes: list[tuple[int, int]], s: Imag
     return sum(-(-fr.shape[0] // tps) * tps * 3 * h * w * elem for fr, (h, w) in zip(frames, sizes))
 
 
+def _in_model_dtype(t: torch.Tensor, opts: PixelOptions) -> torch.Tensor:
+    """Float ``t`` cast to the model dtype (what vLLM casts to anyway); other tensors as they are."""
+    return t.to(opts.dtype) if t.is_floating_point() and t.dtype != opts.dtype else t
+
+
 def _place(out: Any, opts: PixelOptions) -> Any:
     """Cast floats to the model dtype; copy GPU tensors to pinned host memory unless vLLM keeps them."""
     for k, v in list(out.items()):
         if not isinstance(v, torch.Tensor):
             continue
-        if v.is_floating_point() and v.dtype != opts.dtype:
-            v = v.to(opts.dtype)
+        v = _in_model_dtype(v, opts)
         if v.is_cuda and not opts.keep_on_device:
             host = torch.empty(v.shape, dtype=v.dtype, pin_memory=True)
             host.copy_(v, non_blocking=True)
