@@ -88,6 +88,34 @@ def test_tickets_ride_vllms_own_slicing_and_batching():
     assert got == [hs[2], hs[0], hs[1]]
 
 
+def test_tickets_stay_on_the_host_when_vllm_moves_a_batch(tiny):
+    """mmprep's processor marks ticket fields ``keep_on_cpu``: vLLM's own batching moves the rest to the engine's
+    device and leaves the tickets on the host, where the engine reads them without waiting for the GPU."""
+    from transformers.feature_extraction_utils import BatchFeature
+    from vllm.multimodal.inputs import MultiModalKwargsItems
+    from vllm.multimodal.utils import group_and_batch_mm_kwargs
+
+    _, mine = processors(model_config(tiny, dtype="float32"), "cpu")
+    rows, grid = [16, 40], torch.tensor([[1, 4, 4], [1, 4, 10]])
+    hs = [handle(i, n) for i, n in enumerate(rows)]
+    tickets = handoff.write_tickets([handoff.encode(h) for h in hs], rows)
+    for key, grid_key, modality in (("pixel_values_videos", "video_grid_thw", "video"),
+                                    ("pixel_values", "image_grid_thw", "image")):
+        hf = BatchFeature({key: tickets, grid_key: grid})
+        config = mine._get_mm_fields_config(hf, {})
+        assert config[key].field.keep_on_cpu, key
+        items = MultiModalKwargsItems.from_hf_inputs(hf, config)[modality]
+        ((_, n, batch),) = list(group_and_batch_mm_kwargs([(modality, it) for it in items], device="meta"))
+        assert n == 2 and batch[key].device.type == "cpu"
+        assert handoff.read_tickets(batch[key], handoff._rows(grid)) == hs
+        pixels = BatchFeature({key: torch.rand(sum(rows), 1176), grid_key: grid})
+        config = mine._get_mm_fields_config(pixels, {})
+        assert not config[key].field.keep_on_cpu  # pixels travel as vLLM decides
+        ((_, _, batch),) = list(group_and_batch_mm_kwargs(
+            [(modality, it) for it in MultiModalKwargsItems.from_hf_inputs(pixels, config)[modality]], device="meta"))
+        assert batch[key].device.type == "meta"
+
+
 def test_tickets_refuse_an_item_too_small_for_its_handle():
     with pytest.raises(ValueError, match="2 rows"):
         handoff.write_tickets([handoff.encode(handle(0))], [2])

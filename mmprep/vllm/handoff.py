@@ -7,8 +7,8 @@ socket, decoded, pinned and copied back to the GPU. Measured 2026-11-28 (H200, v
 
 Here the processor shares each item's GPU tensor (``mmprep.ipc``) and puts a *ticket* in its place: a uint8
 tensor with the item's row count and ``WIDTH`` columns whose first bytes encode the handle. vLLM slices,
-batches and moves tickets exactly like pixels (by rows); the model's input parser, wrapped in the engine
-(``install_consumers``), turns them back into the GPU pixels (``unpack``). 0.32 does not need this: it
+batches tickets exactly like pixels (by rows), but keeps them on the host (``fields_on_cpu``); the model's
+input parser, wrapped in the engine (``install_consumers``), turns them back into the GPU pixels (``unpack``). 0.32 does not need this: it
 forwards device tensors itself (``--mm-tensor-ipc torch_shm``).
 
 Limits: one engine process opens each ticket (DP=1, TP=1, PP=1: ``unpack`` refuses otherwise) on a GPU it can
@@ -18,18 +18,21 @@ see; the processor cache must be off (a cached ticket would outlive its lease); 
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import queue
 import struct
 import threading
 import weakref
+from collections.abc import Mapping
 from typing import Any, Callable
 
 import torch
 
 from .. import ipc
 
-__all__ = ["WIDTH", "encode", "decode", "pack", "unpack", "is_ticket", "install_consumers", "pending_bytes"]
+__all__ = ["WIDTH", "encode", "decode", "pack", "unpack", "is_ticket", "fields_on_cpu", "install_consumers",
+           "pending_bytes"]
 
 WIDTH = 64
 """Columns of a ticket. An item's ticket has the item's rows, so its first ``rows * WIDTH`` bytes must hold the
@@ -115,6 +118,19 @@ def is_ticket(t: Any) -> bool:
     """Whether ``t`` (a model input) is a ticket tensor rather than pixels."""
     return (isinstance(t, torch.Tensor) and t.dtype == torch.uint8 and t.ndim == 2 and t.shape[1] == WIDTH
             and t.shape[0] > 0 and bytes(t[0, :4].cpu().numpy()) == MAGIC)
+
+
+def fields_on_cpu(config: Mapping[str, Any], hf_inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """vLLM's field ``config`` with the fields that hold tickets kept on the host (``keep_on_cpu``).
+
+    Why: the engine reads tickets on the host. One vLLM had moved to the GPU must come back with a device-to-host
+    copy, which waits for all the GPU work queued before it: with async scheduling (0.26's default) the engine's
+    loop would stall on the previous step once per encoder batch."""
+    out = dict(config)
+    for key, cfg in config.items():
+        if is_ticket(hf_inputs.get(key)) and not cfg.field.keep_on_cpu:
+            out[key] = dataclasses.replace(cfg, field=dataclasses.replace(cfg.field, keep_on_cpu=True))
+    return out
 
 
 _pending = [0]

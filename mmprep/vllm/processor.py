@@ -347,13 +347,17 @@ def _info_class(base: type) -> type:
 
 def _processor_class(base: type) -> type:
     class MmprepMultiModalProcessor(base):  # type: ignore[misc, valid-type]
-        __doc__ = f"{base.__name__} that identifies mmprep-decoded media by digest, not by hashing pixels."
+        __doc__ = (f"{base.__name__} that identifies mmprep-decoded media by digest, not by hashing pixels, and keeps "
+                   "CUDA IPC tickets on the host")
 
         def _apply_hf_processor(self, inputs: Any, *args: Any, **kwargs: Any):
             return super()._apply_hf_processor(identity.with_uuids(inputs), *args, **kwargs)
 
         def _cached_apply_hf_processor(self, inputs: Any, *args: Any, **kwargs: Any):
             return super()._cached_apply_hf_processor(identity.with_uuids(inputs), *args, **kwargs)
+
+        def _get_mm_fields_config(self, hf_inputs: Any, hf_processor_mm_kwargs: Any):
+            return handoff.fields_on_cpu(super()._get_mm_fields_config(hf_inputs, hf_processor_mm_kwargs), hf_inputs)
 
     MmprepMultiModalProcessor.__name__ = MmprepMultiModalProcessor.__qualname__ = f"Mmprep{base.__name__}"
     MmprepMultiModalProcessor._mmprep_base = base  # type: ignore[attr-defined]
