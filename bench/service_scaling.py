@@ -336,7 +336,7 @@ def _latency(r: dict) -> str:
         return f"{r['latency_ms_c1']:.1f}" + (f" ({', '.join(parts)})" if parts else "")
     ping = f"; ping {r['ping_ms_c1']:.2f}" if "ping_ms_c1" in r else ""  # (absent from lines a cut run printed short)
     paired = (f"; paired with in-process: {r['paired_service_ms_c1']:.1f} vs {r['paired_in_process_ms_c1']:.1f}, "
-              f"+{r['paired_overhead_ms_c1']:.1f}" if "paired_overhead_ms_c1" in r else "")
+              f"{r['paired_overhead_ms_c1']:+.1f}" if "paired_overhead_ms_c1" in r else "")
     return (f"{r['latency_ms_c1']:.1f} (worker {r['worker_ms_c1']:.1f}{': ' if parts else ''}{', '.join(parts)}{ping})"
             + paired)
 
