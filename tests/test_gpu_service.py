@@ -65,9 +65,9 @@ def test_bad_media_and_a_killed_gpu_worker(service):
         with pytest.raises(mmprep.MediaError):
             service.decode_video(bad, num_frames=4, gpu=0)
     assert service.decode_video(good, num_frames=2, gpu=0).frames.is_cuda  # the worker lives
-    w0 = next(w for w in service.stats()["workers"] if w["device"] == "cuda:0")
-    fut_err: list[BaseException] = []
-    t = threading.Thread(target=lambda: _catch(fut_err, lambda: service.ping(delay=5, gpu=0)))
+    i0, w0 = next((i, w) for i, w in enumerate(service.stats()["workers"]) if w["device"] == "cuda:0")
+    fut_err: list[BaseException] = []  # the ping goes to that very worker (a GPU has several by default)
+    t = threading.Thread(target=lambda: _catch(fut_err, lambda: service.ping(delay=5, worker=i0)))
     t.start()
     time.sleep(1)
     os.kill(w0["pid"], signal.SIGKILL)
@@ -75,7 +75,7 @@ def test_bad_media_and_a_killed_gpu_worker(service):
     assert fut_err and isinstance(fut_err[0], WorkerCrashedError)
     v = service.decode_video(good, num_frames=2, gpu=0)  # the replacement decodes on the same GPU
     assert v.frames.is_cuda and v.frames.device.index == 0
-    assert next(w for w in service.stats()["workers"] if w["device"] == "cuda:0")["restarts"] >= 1
+    assert service.stats()["workers"][i0]["restarts"] >= 1
 
 
 def _catch(out: list, fn) -> None:

@@ -1,6 +1,6 @@
 """Worker processes that decode and preprocess media for the caller (a layer above the core).
 
-``MediaService`` starts workers (one per visible GPU by default, or CPU workers), sends them bytes
+``MediaService`` starts workers (two per visible GPU by default, or CPU workers), sends them bytes
 through shared memory and returns ``Video`` objects and preprocess outputs whose GPU tensors stay on
 the worker's GPU, opened here through ``mmprep.ipc``. ``host.attach()`` gives the same requests
 against one service per host, shared by every process. The core never imports this package.

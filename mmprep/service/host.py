@@ -40,7 +40,7 @@ import torch
 from .. import errors
 from ..config import settings
 from ..source import Source, read_source
-from .pool import MediaService, ServiceApi, ServiceError, _import
+from .pool import WORKERS_PER_GPU, MediaService, ServiceApi, ServiceError, _import
 from .shm import Arena, Mapped, SharedBytes, from_bytes, to_bytes
 
 __all__ = ["HostClient", "attach", "default_address", "serve"]
@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m mmprep.service.host", description="Run the host's mmprep service.")
     ap.add_argument("--address", default=None, help="Unix socket path (default: MMPREP_SERVICE or /tmp/...)")
     ap.add_argument("--gpus", default=None, help="GPU ordinals, e.g. 0,1 (default: every visible GPU)")
-    ap.add_argument("--workers-per-gpu", type=int, default=1)
+    ap.add_argument("--workers-per-gpu", type=int, default=WORKERS_PER_GPU)
     ap.add_argument("--cpu-workers", type=int, default=None)
     ap.add_argument("--threads", type=int, default=8)
     ap.add_argument("--queue-depth", type=int, default=16)

@@ -32,7 +32,7 @@ from ..video import Video
 from . import worker as _worker
 from .shm import Arena, SharedBytes, from_bytes
 
-__all__ = ["ServiceApi", "MediaService", "ServiceError", "WorkerCrashedError", "ServiceBusyError"]
+__all__ = ["ServiceApi", "MediaService", "WORKERS_PER_GPU", "ServiceError", "WorkerCrashedError", "ServiceBusyError"]
 
 logger = logging.getLogger("mmprep")
 
@@ -105,17 +105,25 @@ class ServiceApi:
         raise NotImplementedError
 
 
+WORKERS_PER_GPU = 2
+"""Default workers per GPU. One worker is one Python process, and its per-packet demux and bookkeeping (~80 CPU-ms per
+10 s 1080p H.264 video) cap it below what one GPU's NVDEC engines decode: measured 2026-11-28 on 4x H200, H.264
+12.6 -> 16.7 videos/s on one GPU and 49.1 -> 67.4 on four with a second worker per GPU, HEVC 18.5 -> 34.4 on one
+and 33.4 -> 62.7 on two (``bench/results/service_scaling*_h200x4-f86161e.*``). Each worker holds its own CUDA
+context and decoder sessions on its GPU."""
+
+
 class MediaService(ServiceApi):
     """A pool of media worker processes; thread-safe, usable as a context manager.
 
     ``gpus``: GPU ordinals to run workers on (default: every visible GPU; none when CUDA is absent);
-    ``workers_per_gpu`` workers each. ``cpu_workers``: CPU workers (PyAV + torch), used when there are no
-    GPU workers (default 2 then, 0 otherwise). ``threads``: requests each worker runs at once (NVDEC has
+    ``workers_per_gpu`` workers each (``WORKERS_PER_GPU``: one Python process decodes slower than a GPU's NVDEC).
+    ``cpu_workers``: CPU workers (PyAV + torch), used when there are no GPU workers (default 2 then, 0 otherwise). ``threads``: requests each worker runs at once (NVDEC has
     several engines per GPU, and decode overlaps the kernels); ``queue_depth``: requests in flight per worker.
     """
 
-    def __init__(self, *, gpus: list[int] | None = None, workers_per_gpu: int = 1, cpu_workers: int | None = None,
-                 threads: int = 8, queue_depth: int = 16, submit_timeout: float = 60.0, hang_timeout: float = 120.0,
+    def __init__(self, *, gpus: list[int] | None = None, workers_per_gpu: int = WORKERS_PER_GPU,
+                 cpu_workers: int | None = None, threads: int = 8, queue_depth: int = 16, submit_timeout: float = 60.0, hang_timeout: float = 120.0,
                  start_timeout: float = 300.0, lease_timeout: float = 60.0) -> None:
         if gpus is None:
             gpus = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
