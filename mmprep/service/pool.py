@@ -118,13 +118,14 @@ class MediaService(ServiceApi):
 
     ``gpus``: GPU ordinals to run workers on (default: every visible GPU; none when CUDA is absent);
     ``workers_per_gpu`` workers each (``WORKERS_PER_GPU``: one Python process decodes slower than a GPU's NVDEC).
-    ``cpu_workers``: CPU workers (PyAV + torch), used when there are no GPU workers (default 2 then, 0 otherwise). ``threads``: requests each worker runs at once (NVDEC has
-    several engines per GPU, and decode overlaps the kernels); ``queue_depth``: requests in flight per worker.
+    ``cpu_workers``: CPU workers (PyAV + torch), used when there are no GPU workers (default 2 then, 0 otherwise).
+    ``threads``: requests each worker runs at once (NVDEC has several engines per GPU, and decode overlaps the
+    kernels); ``queue_depth``: requests in flight per worker.
     """
 
     def __init__(self, *, gpus: list[int] | None = None, workers_per_gpu: int = WORKERS_PER_GPU,
-                 cpu_workers: int | None = None, threads: int = 8, queue_depth: int = 16, submit_timeout: float = 60.0, hang_timeout: float = 120.0,
-                 start_timeout: float = 300.0, lease_timeout: float = 60.0) -> None:
+                 cpu_workers: int | None = None, threads: int = 8, queue_depth: int = 16, submit_timeout: float = 60.0,
+                 hang_timeout: float = 120.0, start_timeout: float = 300.0, lease_timeout: float = 60.0) -> None:
         if gpus is None:
             gpus = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
         if workers_per_gpu < 1 or queue_depth < 1 or threads < 1:

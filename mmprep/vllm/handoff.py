@@ -6,10 +6,10 @@ socket, decoded, pinned and copied back to the GPU. Measured 2026-11-28 (H200, v
 ~60 CPU-ms more per request than with the pixels cached, and serves 0.85x of that ceiling.
 
 Here the processor shares each item's GPU tensor (``mmprep.ipc``) and puts a *ticket* in its place: a uint8
-tensor with the item's row count and ``WIDTH`` columns whose first bytes encode the handle. vLLM slices,
-batches tickets exactly like pixels (by rows), but keeps them on the host (``fields_on_cpu``); the model's
-input parser, wrapped in the engine (``install_consumers``), turns them back into the GPU pixels (``unpack``). 0.32 does not need this: it
-forwards device tensors itself (``--mm-tensor-ipc torch_shm``).
+tensor with the item's row count and ``WIDTH`` columns whose first bytes encode the handle. vLLM slices and
+batches tickets exactly like pixels (by rows), but keeps them on the host (``fields_on_cpu``); the model's input
+parser, wrapped in the engine (``install_consumers``), turns them back into the GPU pixels (``unpack``). 0.32
+does not need this: it forwards device tensors itself (``--mm-tensor-ipc torch_shm``).
 
 Limits: one engine process opens each ticket (DP=1, TP=1, PP=1: ``unpack`` refuses otherwise) on a GPU it can
 see; the processor cache must be off (a cached ticket would outlive its lease); at most
