@@ -449,9 +449,7 @@ def open(handle: Handle) -> torch.Tensor:  # noqa: A001 - the issue's name for i
     t = _table(handle.table)
     gen, state, _ = t.get(handle.slot)
     if gen != handle.generation or state not in (_SHARED, _OPENED):
-        raise LeaseExpiredError(
-            f"the lease for this handle has ended (slot {handle.slot}: released, timed out or reclaimed)"
-        )
+        raise _ended(handle)
     if handle.producer_pid == os.getpid():  # CUDA cannot map a process's own export: hand the tensor over
         return _take_own(handle)
     dev = _local_device(handle.device_uuid)
@@ -495,7 +493,12 @@ def _take_own(handle: Handle) -> torch.Tensor:
                 tensor = lease.tensor
                 p._drop(handle.slot, "released")
                 return tensor
-    raise LeaseExpiredError(f"the lease for this handle has ended (slot {handle.slot}: released, timed out or reclaimed)")
+    raise _ended(handle)
+
+
+def _ended(handle: Handle) -> LeaseExpiredError:
+    return LeaseExpiredError(
+        f"the lease for this handle has ended (slot {handle.slot}: released, timed out or reclaimed)")
 
 
 def release(handle: Handle) -> None:

@@ -3,8 +3,9 @@
 Bytes are demuxed by PyNvVideoCodec's FFmpeg demuxer through a read callback (no temp file).
 Only the packets in the decode plan reach the decoder (skipped GOPs, skipped non-reference
 frames, nothing after the last sampled frame). A long plan is cut at a keyframe and its second half
-decodes on a second session at the same time when one is free (``sampling.split_feed``). Frames come out as NV12/P016 surfaces, are
-copied (DLPack, on the GPU) into one buffer, then converted to RGB in a single batched pass.
+decodes on a second session at the same time when one is free (``sampling.split_feed``). Frames come
+out as NV12/P016 surfaces, are copied (DLPack, on the GPU) into one buffer, then converted to RGB in a
+single batched pass.
 """
 
 from __future__ import annotations
@@ -199,11 +200,8 @@ def decode_nvdec(data: bytes, probe: Probe, plan: DecodePlan, count: int, *, gpu
 def _decode(data: bytes, probe: Probe, plan: DecodePlan, count: int, gpu: int | None, exact: bool) -> torch.Tensor:
     nvc = _nvc()
     info = probe.stream
-    try:
-        demuxer = nvc.CreateDemuxer(BytesReader(data))
-        key = (demuxer.GetNvCodecId(), info.bit_depth, info.chroma)
-    except Exception as e:
-        raise CorruptMediaError(f"NVDEC demuxer rejected the stream ({type(e).__name__}: {e})") from e
+    demuxer, codec_id = _demux(nvc, data)
+    key = (codec_id, info.bit_depth, info.chroma)
     rows = info.height + (info.height + 1) // 2
     pool = get_pool()
     with pool.session(key, info.width, info.height, gpu=gpu, exact=exact) as session:
@@ -241,6 +239,15 @@ def _decode(data: bytes, probe: Probe, plan: DecodePlan, count: int, gpu: int | 
             dst = None  # free the buffer now, also when an error's traceback outlives this call
 
 
+def _demux(nvc, data: bytes):
+    """A PyNvVideoCodec demuxer reading ``data`` and its codec id; ``CorruptMediaError`` when it rejects the stream."""
+    try:
+        demuxer = nvc.CreateDemuxer(BytesReader(data))
+        return demuxer, demuxer.GetNvCodecId()
+    except Exception as e:
+        raise CorruptMediaError(f"NVDEC demuxer rejected the stream ({type(e).__name__}: {e})") from e
+
+
 def _decode_part(data: bytes, demuxer, probe: Probe, plan: DecodePlan, feed: list[int], session: Session, kern,
                  dst: torch.Tensor) -> int:
     """Feed packets ``feed`` (a run of ``plan.feed`` that starts at a keyframe) of ``data`` to ``session``, read
@@ -248,11 +255,8 @@ def _decode_part(data: bytes, demuxer, probe: Probe, plan: DecodePlan, feed: lis
     kernel, else NV12); return how many slots it filled."""
     nvc = _nvc()
     info = probe.stream
-    try:
-        if demuxer is None:
-            demuxer = nvc.CreateDemuxer(BytesReader(data))
-    except Exception as e:
-        raise CorruptMediaError(f"NVDEC demuxer rejected the stream ({type(e).__name__}: {e})") from e
+    if demuxer is None:
+        demuxer, _ = _demux(nvc, data)
     wanted = set(feed)
     first, last = (feed[0], feed[-1]) if feed else (0, -1)
     packet_of_frame = probe.packet_of_frame()
@@ -298,7 +302,8 @@ def _decode_part(data: bytes, demuxer, probe: Probe, plan: DecodePlan, feed: lis
                         continue
                     if bool(packet.key) != probe.keyframe[ordinal]:
                         raise _DemuxMismatch(
-                            f"demuxers disagree at packet {ordinal}: key={bool(packet.key)} vs {probe.keyframe[ordinal]}"
+                            f"demuxers disagree at packet {ordinal}: "
+                            f"key={bool(packet.key)} vs {probe.keyframe[ordinal]}"
                         )
                     nv_pts_to_ordinal[packet.pts] = ordinal
                     take(session.decoder.Decode(packet))
