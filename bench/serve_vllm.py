@@ -19,7 +19,7 @@ Arms (one server each, run one after another in one call):
            MMPREP_MEDIA_CACHE_MB (each clip decoded once, in the warm-up), identity digests as
            cache keys; a timed request reads the file, hashes it, and hits both caches; the engine
            still runs the vision encoder and the prefill. Images: nvJPEG still decodes.
-Per server: video load (req/s, p50/p99, server-tree and API-server CPU-ms per request, GPU memory),
+Per server: video load (req/s; the steady rate, with the start and the drain left out; p50/p99, server-tree and API-server CPU-ms per request, GPU memory),
 concurrency-1 latency (max_tokens=1: time to first token), an image load (4 JPEGs per request), bad
 media (each must get HTTP 400 and the server keep serving), first-token logprobs of a PNG request.
 
@@ -248,6 +248,17 @@ def image_part(path: Path) -> dict:
     return {"type": "image_url", "image_url": {"url": path.resolve().as_uri()}}
 
 
+def steady_rate(done: list[float], conc: int) -> float | None:
+    """Completions per second between the ``conc``-th and the ``conc``-th-from-last: the rate with every slot
+    busy, without the start (the first requests' media work with an idle engine) or the drain; None when the run
+    is too short to have such a window (fewer than 2 * conc + 2 completions)."""
+    if len(done) < 2 * conc + 2:
+        return None
+    done = sorted(done)
+    a, b = done[conc - 1], done[-conc - 1]
+    return (len(done) - 2 * conc) / (b - a) if b > a else None
+
+
 async def load(url: str, bodies: list[list[dict]], conc: int, extra: dict | None = None) -> dict:
     """Send one chat request per content list at ``conc`` concurrency; latency, status counts."""
     import aiohttp
@@ -258,6 +269,7 @@ async def load(url: str, bodies: list[list[dict]], conc: int, extra: dict | None
     errors: list[str] = []
     statuses: dict[str, int] = {}
     first: list = []
+    done: list[float] = []
 
     async def one(s, content):
         body = {"model": "m", "max_tokens": 1, "temperature": 0.0, **(extra or {}),
@@ -278,6 +290,7 @@ async def load(url: str, bodies: list[list[dict]], conc: int, extra: dict | None
                 errors.append(repr(e)[:240])
                 return
             lat.append(time.perf_counter() - t)
+            done.append(time.perf_counter())
 
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=900)) as s:
         t0 = time.perf_counter()
@@ -285,7 +298,7 @@ async def load(url: str, bodies: list[list[dict]], conc: int, extra: dict | None
         wall = time.perf_counter() - t0
     lat.sort()
     return {"n": len(bodies), "ok": len(lat), "statuses": statuses, "errors": errors[:6], "wall_s": wall,
-            "req_per_s": len(lat) / wall if wall else 0.0,
+            "req_per_s": len(lat) / wall if wall else 0.0, "steady_req_per_s": steady_rate(done, conc),
             "p50_s": statistics.median(lat) if lat else None,
             "p99_s": lat[min(len(lat) - 1, int(0.99 * len(lat)))] if lat else None,
             "prompt_tokens_mean": statistics.mean(toks) if toks else None, "logprobs": first[:1]}
@@ -398,8 +411,12 @@ def _failure(r: dict) -> str | None:
     return None if v.get("ok") else f"no video request succeeded: {(v.get('errors') or ['?'])[0]}"
 
 
+def _steady(v: dict) -> str:
+    return f" ({v['steady_req_per_s']:.2f})" if v.get("steady_req_per_s") else ""  # (results before it had none)
+
+
 def table(results: list[dict]) -> str:
-    rows = ["| arm | video req/s | p50 / p99 s | c=1 latency s | server CPU-ms/req (API server) | GPU MiB | "
+    rows = ["| arm | video req/s (steady) | p50 / p99 s | c=1 latency s | server CPU-ms/req (API server) | GPU MiB | "
             "GPU SM% / NVDEC% (video) | image req/s | bad media |",
             "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
@@ -409,7 +426,7 @@ def table(results: list[dict]) -> str:
         v, c1, im, bad = r["video"], r.get("video_c1", {}), r.get("image", {}), r.get("bad_media", {})
         c1_s = f"{c1['p50_s']:.2f}" if c1.get("p50_s") else "–"  # the ceiling arms measure no c=1 latency
         rows.append(
-            f"| {r['arm']}{r['tag']} | {v['req_per_s']:.2f} | {v['p50_s']:.2f} / {v['p99_s']:.2f} | "
+            f"| {r['arm']}{r['tag']} | {v['req_per_s']:.2f}{_steady(v)} | {v['p50_s']:.2f} / {v['p99_s']:.2f} | "
             f"{c1_s} | {v['server_cpu_ms_per_req']:.0f} ({v['api_server_cpu_ms_per_req']:.0f}) | "
             f"{max(v['gpu_mem_mib'] or [0])} | {_util(v)} | {im.get('req_per_s', 0):.2f} | {bad.get('statuses', '')} |")
     return "\n".join(rows)

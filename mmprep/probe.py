@@ -6,7 +6,6 @@ fps, per-packet timestamps, keyframes and which packets are safe to skip.
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -14,6 +13,7 @@ from .bitstream import DisposableScanner
 from .isobmff import video_edit_count
 from .orientation import display_rotation
 from .errors import CorruptMediaError, MediaTooLargeError, NoVideoStreamError
+from .source import open_buffer
 
 __all__ = ["StreamInfo", "Probe", "probe"]
 
@@ -115,7 +115,7 @@ def probe(data: bytes, *, max_pixels: int) -> Probe:
     import av
 
     try:
-        container = av.open(io.BytesIO(data), mode="r")
+        container = av.open(open_buffer(data), mode="r")
     except Exception as e:  # FFmpeg reports hostile input through many error types
         raise CorruptMediaError(f"not a readable media container ({type(e).__name__}: {e})") from e
     try:

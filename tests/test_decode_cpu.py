@@ -64,6 +64,20 @@ def test_every_source_type(tmp_path):
         assert torch.equal(got, want), type(src)
 
 
+def test_a_contiguous_memoryview_is_read_in_place():
+    import numpy as np
+
+    from mmprep.source import read_source
+
+    buf = bytearray(b"abcdef")
+    got = read_source(memoryview(buf), max_bytes=100)
+    buf[0] = ord("z")  # the bytes were not copied: a change shows
+    assert bytes(got) == b"zbcdef"
+    wide = np.arange(4, dtype=np.int16)  # another item format: read as its bytes
+    assert bytes(read_source(memoryview(wide), max_bytes=100)) == wide.tobytes()
+    assert read_source(memoryview(b"abcdef")[::2], max_bytes=100) == b"ace"  # not contiguous: a copy
+
+
 def test_explicit_indices_any_order_with_repeats():
     data = clip("h264", frames=48)
     v = mmprep.decode_video(data, indices=[30, 2, 30, 47], device="cpu")

@@ -61,8 +61,13 @@ def test_stats_count_the_time_workers_spend_on_requests(service):
     busy, read, decoded, exported = (total(k) for k in keys)
     service.decode_video(clip("h264", frames=24), num_frames=4)  # frames leave through shared memory
     d_busy, d_read, d_decode, d_export = (total(k) - v for k, v in zip(keys, (busy, read, decoded, exported)))
-    assert 0 < d_read and 0 < d_decode and 0 < d_export  # each phase of this request is counted ...
-    assert d_read + d_decode + d_export < d_busy  # ... and they are parts of the worker's time on it
+    assert d_read == 0 and 0 < d_decode and 0 < d_export  # a video is read in place: no copy to count ...
+    assert d_decode + d_export < d_busy  # ... and the phases are parts of the worker's time on it
+    read = total("read_s")
+    from .images import jpeg
+
+    service.decode_image(jpeg(64, 48))  # an image is copied out of shared memory
+    assert total("read_s") > read
 
 
 def test_bad_media_raise_the_same_error_and_the_worker_lives(service):

@@ -2,7 +2,9 @@
 
 import os
 
-from mmprep.service.shm import Arena, Attached
+import pytest
+
+from mmprep.service.shm import Arena, Attached, Mapped
 
 
 def _segments() -> set[str]:
@@ -20,6 +22,25 @@ def test_a_segment_is_reused_and_read_back_at_the_size_sent():
     assert arena.segments() == 1
     arena.trim()
     assert arena.segments() == 0
+
+
+def test_a_view_reads_the_segment_in_place_and_lives_through_evictions():
+    arena, worker = Arena(), Attached(keep=1)
+    a = arena.put(b"abc" * 1000)
+    with worker.view(a) as v:
+        assert len(v) == 3000 and bytes(v[:3]) == b"abc"
+        caller = Mapped(a.name)  # the caller's memory: a byte written there shows in the view (no copy made)
+        caller.buf[0] = ord("z")
+        caller.close()
+        assert v[0] == ord("z")
+        others = [arena.put(b"q" * 10) for _ in range(3)]  # more segments than keep=1: the worker unmaps some
+        assert [worker.read(r) for r in others] == [b"q" * 10] * 3
+        assert bytes(v[1:3]) == b"bc"  # the one in use stays mapped
+    with pytest.raises(ValueError, match="released"):  # the view ends with the block
+        v[0]
+    for r in [a, *others]:
+        arena.give_back(r)
+    arena.trim()
 
 
 def test_requests_in_flight_get_their_own_segments():

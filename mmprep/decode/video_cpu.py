@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import torch
 
 from ..errors import CorruptMediaError
 from ..probe import Probe
 from ..sampling import DecodePlan
+from ..source import open_buffer
 
 __all__ = ["decode_cpu"]
 
@@ -68,7 +67,7 @@ def decode_cpu(data: bytes, probe: Probe, plan: DecodePlan, count: int, *, threa
         filled += len(positions)
 
     try:
-        with av.open(io.BytesIO(data), mode="r") as container:
+        with av.open(open_buffer(data), mode="r") as container:
             vs = container.streams.video[0]
             vs.thread_type = "AUTO"
             if threads:

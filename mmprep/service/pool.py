@@ -227,7 +227,7 @@ class MediaService(ServiceApi):
             except TimeoutError:
                 raise ServiceError(f"{op} took longer than timeout={timeout} s on worker {w.index} ({w.device})") from None
         finally:
-            if lent is not None:  # the worker copied the bytes out before it answered
+            if lent is not None:  # the worker is done with the bytes once it answered (videos are read in place)
                 self._arena.give_back(lent)
         if status == "media_error":
             cls = getattr(errors, payload[0], errors.MediaError)

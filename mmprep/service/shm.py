@@ -12,6 +12,8 @@ import mmap
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing.shared_memory import SharedMemory
 from typing import Any
@@ -49,8 +51,11 @@ class Mapped:
         self.buf = memoryview(self._map)
 
     def close(self) -> None:
-        self.buf.release()
-        self._map.close()
+        try:
+            self.buf.release()
+            self._map.close()
+        except BufferError:  # a view of it is still alive somewhere: the mapping goes when the last one does
+            pass
 
 
 def to_bytes(t: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...], str]:
@@ -122,22 +127,47 @@ class Arena:
 
 class Attached:
     """Worker side: the callers' segments seen recently, kept mapped (opening one costs a page-table walk
-    per use otherwise); thread-safe. ``read`` copies the bytes out, so the caller may reuse the segment."""
+    per use otherwise); thread-safe. ``read`` copies the bytes out; ``view`` lends them in place while a
+    request runs (the caller takes its segment back only when the answer arrives)."""
 
     def __init__(self, keep: int = 32) -> None:
         self.keep = keep
         self._open: OrderedDict[str, Mapped] = OrderedDict()
+        self._using: dict[str, int] = {}
         self._lock = threading.Lock()
 
+    def _get(self, name: str) -> Mapped:
+        with self._lock:
+            seg = self._open.pop(name, None)
+            self._using[name] = self._using.get(name, 0) + 1
+        return seg if seg is not None else Mapped(name)
+
+    def _put(self, name: str, seg: Mapped) -> None:
+        with self._lock:
+            self._using[name] -= 1
+            if not self._using[name]:
+                del self._using[name]
+            self._open[name] = seg
+            for old_name in [k for k in self._open if k not in self._using][:max(0, len(self._open) - self.keep)]:
+                self._open.pop(old_name).close()
+
     def read(self, ref: SharedBytes) -> bytes:
-        with self._lock:
-            seg = self._open.pop(ref.name, None)
-        if seg is None:
-            seg = Mapped(ref.name)
-        data = bytes(seg.buf[: ref.size])
-        with self._lock:
-            self._open[ref.name] = seg
-            while len(self._open) > self.keep:
-                _, old = self._open.popitem(last=False)
-                old.close()
-        return data
+        seg = self._get(ref.name)
+        try:
+            return bytes(seg.buf[: ref.size])
+        finally:
+            self._put(ref.name, seg)
+
+    @contextmanager
+    def view(self, ref: SharedBytes) -> Iterator[memoryview]:
+        """The bytes of ``ref`` in place (no copy), valid inside the ``with`` block only."""
+        seg = self._get(ref.name)
+        data = seg.buf[: ref.size]
+        try:
+            yield data
+        finally:
+            try:
+                data.release()
+            except BufferError:  # something made from it still lives: it goes with its last view
+                pass
+            self._put(ref.name, seg)

@@ -207,7 +207,8 @@ def _check_single_consumer() -> None:
 
 
 def unpack(tickets: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
-    """The pixels behind ``tickets`` (one per item of ``grid_thw``), copied onto ``tickets``' device."""
+    """The pixels behind ``tickets`` (one per item of ``grid_thw``), copied onto ``tickets``' device (host tickets:
+    the current CUDA device, the one the engine's model runs on)."""
     _check_single_consumer()
     opened: dict[tuple[str, int, int], torch.Tensor] = {}
     parts = []
@@ -221,7 +222,7 @@ def unpack(tickets: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
         raise RuntimeError(f"mmprep could not open the processor's output in the engine ({e}). MMPREP_ENGINE_IPC=1 "
                            "needs data-parallel size 1 (the engine sees the API server's GPU) and "
                            "--mm-processor-cache-gb 0") from e
-    dev = tickets.device if tickets.is_cuda else parts[0].device
+    dev = tickets.device if tickets.is_cuda else torch.device("cuda", torch.cuda.current_device())  # the model's
     out = torch.cat([t.to(dev, non_blocking=True) for t in parts])
     del parts
     _drop_later(list(opened.values()), torch.cuda.current_stream(dev))
