@@ -24,6 +24,11 @@ if not torch.cuda.is_available():
 
 @pytest.fixture(scope="module")
 def service():
+    from mmprep.kernels import fused
+
+    # Workers wait for the fused kernel before they serve; this process must too, or its reference decodes take
+    # the torch path while the kernel loads (within 1 of the kernel's values, not equal: test_gpu_nvdec).
+    assert fused(wait=True) is not None
     with MediaService(gpus=list(range(min(2, torch.cuda.device_count()))), hang_timeout=60) as s:
         yield s
 
@@ -33,7 +38,9 @@ def test_gpu_results_equal_in_process_and_stay_on_the_gpu(service):
     v = service.decode_video(data, num_frames=6, gpu=0)
     ref = mmprep.decode_video(data, num_frames=6, device="cuda:0")
     assert v.frames.is_cuda and v.frames.device.index == 0 and v.backend == ref.backend == "nvdec"
-    assert torch.equal(v.frames, ref.frames) and v.indices == ref.indices and v.timestamps == ref.timestamps
+    diff = (v.frames.int() - ref.frames.int()).abs().max().item()
+    assert diff == 0, f"worker and in-process frames differ by up to {diff}"
+    assert v.indices == ref.indices and v.timestamps == ref.timestamps
     out = service.preprocess_video(data, gpu=0, decode={"num_frames": 4}, profile="qwen2_vl", dtype=torch.bfloat16)
     want = mmprep.preprocess(videos=[mmprep.decode_video(data, num_frames=4, device="cuda:0")], device="cuda:0",
                              profile="qwen2_vl", dtype=torch.bfloat16)
