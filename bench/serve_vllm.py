@@ -3,11 +3,13 @@
 Arms (one server each, run one after another in one call):
   opencv   vLLM's default: OpenCV decode, PIL images, HF processor on the API server's CPU.
   mmprep   VLLM_VIDEO_LOADER_BACKEND=mmprep + VLLM_MEDIA_CONNECTOR=mmprep: NVDEC/nvJPEG decode and
-           the processor's pixel work on the GPU (mmprep's processor hook, on by default with these).
+           the processor's pixel work on the GPU (mmprep's processor hook, on by default with these); outputs
+           reach the engine as mmprep's default says (MMPREP_ENGINE_IPC=auto: CUDA IPC tickets on 0.26 here).
+  mmprep-host  the same with MMPREP_ENGINE_IPC=0: outputs through host memory and vLLM's socket.
   mmprep-workers  the same, decoding in ``mmprep.service`` worker processes (``MMPREP_WORKERS``).
   vllm-nvdec  vLLM's own GPU decoder (``--media-io-kwargs '{"video": {"backend": "pynvvideocodec"}}'``, 0.26
            and 0.32): PyNvVideoCodec decodes, frames go to pinned host memory, HF's processor runs on the CPU.
-  mmprep-ipc  mmprep, processor outputs handed to the engine by CUDA IPC tickets (``MMPREP_ENGINE_IPC=1``)
+  mmprep-ipc  mmprep with MMPREP_ENGINE_IPC=1: processor outputs handed to the engine by CUDA IPC tickets
            instead of through host memory and vLLM's socket (vLLM versions that send no device tensors).
   ceiling  vLLM's default with the processor cache on: each clip is sent once with a uuid, then the
            timed requests send only the uuid, so no fetch, decode or processing runs; the engine still
@@ -306,7 +308,7 @@ async def load(url: str, bodies: list[list[dict]], conc: int, extra: dict | None
 
 def server_cmd(a, arm: str) -> tuple[list[str], dict]:
     env = dict(os.environ)
-    for k in ("VLLM_VIDEO_LOADER_BACKEND", "VLLM_MEDIA_CONNECTOR", "MMPREP_PROCESSOR"):
+    for k in ("VLLM_VIDEO_LOADER_BACKEND", "VLLM_MEDIA_CONNECTOR", "MMPREP_PROCESSOR", "MMPREP_ENGINE_IPC"):
         env.pop(k, None)
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("VLLM_NO_USAGE_STATS", "1")
@@ -329,6 +331,8 @@ def server_cmd(a, arm: str) -> tuple[list[str], dict]:
         cmd += ["--media-io-kwargs", json.dumps({"video": {"backend": "pynvvideocodec"}})]
     if arm == "mmprep-ipc":
         env["MMPREP_ENGINE_IPC"] = "1"
+    if arm == "mmprep-host":
+        env["MMPREP_ENGINE_IPC"] = "0"
     if arm == "mmprep-workers":
         env["MMPREP_WORKERS"] = str(a.workers)
         # DP>1: every API server attaches to one service. Its own socket per arm: a service that an earlier arm

@@ -113,9 +113,11 @@ class Settings:
     socket) or the socket path of the host's service (see ``mmprep.service.host``)."""
     ipc_idle_mappings: int
     """``mmprep.ipc`` consumers: CUDA IPC mappings kept open for reuse once unused (opening one costs ~1 ms)."""
-    engine_ipc: bool
+    engine_ipc: str
     """vLLM processor hook on a vLLM that sends no device tensors (0.26): hand the pixels to the engine by CUDA
-    IPC tickets (``mmprep.vllm.handoff``) instead of through host memory. Off by default until measured."""
+    IPC tickets (``mmprep.vllm.handoff``) instead of through host memory. "auto": where it is known to be safe (a
+    vLLM without a GPU-tensor transport of its own, a ``vllm serve`` command line without parallel sizes or a
+    config file, processor cache off); "on": also elsewhere the cache is off and no parallel size shows; "off"."""
     engine_ipc_gb: float
     """GiB of processor outputs that may wait on the GPU for the engine at once; requests over it go through
     host memory."""
@@ -143,6 +145,7 @@ def settings() -> Settings:
         media_cache_mb=_int("MMPREP_MEDIA_CACHE_MB", 0),
         service=os.environ.get("MMPREP_SERVICE", "").strip(),
         ipc_idle_mappings=_int("MMPREP_IPC_IDLE_MAPPINGS", 16),
-        engine_ipc=_bool("MMPREP_ENGINE_IPC", False),
+        engine_ipc=_choice("MMPREP_ENGINE_IPC", "auto", {"auto": "auto", **dict.fromkeys(("1", "true", "yes", "on"), "on"),
+                                                          **dict.fromkeys(("0", "false", "no", "off"), "off")}),
         engine_ipc_gb=_float("MMPREP_ENGINE_IPC_GB", 8.0),
     )

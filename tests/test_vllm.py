@@ -270,3 +270,13 @@ def test_serving_benchmark_image_copies_are_the_same_pixels_under_another_hash()
     assert torch.equal(mmprep.decode_images([copy], device="cpu")[0], mmprep.decode_images([base], device="cpu")[0])
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(copy))), np.asarray(Image.open(io.BytesIO(base))))
     assert identity.digest(copy) != identity.digest(base)
+
+
+def test_serving_benchmark_steady_rate_leaves_out_the_start_and_the_drain():
+    from bench.serve_vllm import steady_rate
+
+    start, busy, drain = [10.0, 11.0], [12.0 + 0.5 * i for i in range(10)], [30.0, 31.0]
+    done = drain + busy + start  # in any order
+    assert steady_rate(done, 2) == pytest.approx(10 / (16.5 - 11.0))  # 10 completions from the 2nd to the 3rd-last
+    assert steady_rate(done, 2) > len(done) / (31.0 - 10.0)  # the whole run's rate, start and drain in
+    assert steady_rate(done[:5], 2) is None  # too short to have every slot busy

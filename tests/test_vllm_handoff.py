@@ -186,7 +186,41 @@ def test_options_need_the_processor_cache_off(tiny, monkeypatch, fresh_settings)
     assert not cached.tickets
     monkeypatch.delenv("MMPREP_ENGINE_IPC")
     settings.cache_clear()
+    assert settings().engine_ipc == "auto"  # the default: tickets only on a plain `vllm serve` (pytest is not one)
     assert not hook.options_for(model_config(tiny, dtype="bfloat16", mm_processor_cache_gb=0)).tickets
+
+
+def test_tickets_by_default_on_a_plain_serve_command_line(tiny, monkeypatch, fresh_settings):
+    """MMPREP_ENGINE_IPC=auto: on a vLLM that sends no GPU tensors (0.26), where every parallel size shows on
+    the command line and the cache is off; on one that does (0.32), vLLM's own --mm-tensor-ipc is the way."""
+    plain = (["/usr/bin/vllm", "serve", "m", "--mm-processor-cache-gb", "0"],
+             ["/x/vllm/entrypoints/openai/api_server.py", "--model", "m"])
+    for argv in plain:
+        assert hook._not_plain_serve(argv) == "", argv
+    for argv in (["/usr/bin/vllm", "serve", "m", "--config", "c.yaml"],  # may set TP or DP unseen
+                 ["python", "my_server.py"]):  # an engine built in Python: its sizes are not on the command line
+        assert hook._not_plain_serve(argv), argv
+    monkeypatch.setenv("MMPREP_PROCESSOR_DEVICE", "cuda")
+    options = lambda cache=0: hook.options_for(model_config(tiny, dtype="bfloat16", mm_processor_cache_gb=cache))  # noqa: E731
+    own_ipc = hook._keeps_device_tensors()  # this vLLM's (0.32 in CI, 0.26 on the GPU machine)
+    for argv in plain:
+        monkeypatch.setattr("sys.argv", argv)
+        assert options().tickets == (not own_ipc), argv
+        assert not options(cache=4).tickets  # vLLM's default cache: a cached output would outlive its lease
+    for argv in (["/usr/bin/vllm", "serve", "m", "--config", "c.yaml"], ["/usr/bin/vllm", "serve", "m", "-tp", "2"]):
+        monkeypatch.setattr("sys.argv", argv)
+        assert not options().tickets, argv
+    monkeypatch.setattr("sys.argv", plain[0])
+    monkeypatch.setenv("MMPREP_ENGINE_IPC", "1")  # asked for: also on a vLLM with its own way
+    settings.cache_clear()
+    assert options().tickets
+    monkeypatch.setenv("MMPREP_ENGINE_IPC", "0")
+    settings.cache_clear()
+    assert not options().tickets
+    monkeypatch.setenv("MMPREP_ENGINE_IPC", "maybe")
+    settings.cache_clear()
+    with pytest.raises(ValueError, match="MMPREP_ENGINE_IPC must be one of auto, 1, true, yes, on, 0, false, no, off"):
+        settings()
 
 
 def test_tickets_off_for_a_parallel_server_command_line(tiny, monkeypatch, fresh_settings):

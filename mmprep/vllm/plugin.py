@@ -80,15 +80,9 @@ def _install_processor() -> list[str]:
     if torch.cuda.is_available():
         kernels.fused(wait=False)  # start the JIT build now; calls before it finishes take the torch path
     names = processor.install()
-    if settings().engine_ipc:  # the engine process loads plugins too: its models then take tickets for pixels
+    if settings().engine_ipc != "off":  # the engine process loads plugins too: its models then take tickets for pixels
         from .handoff import install_consumers
 
         install_consumers({n: processor.MODELS[n] for n in names})
-        if not _said_ipc:
-            _said_ipc.append(True)
-            logger.info("mmprep: MMPREP_ENGINE_IPC=1: processor outputs reach the engine by CUDA IPC (needs DP=1, "
-                        "TP=1 and --mm-processor-cache-gb 0; vLLM versions that forward device tensors use their own)")
     return names
 
-
-_said_ipc: list[bool] = []

@@ -281,16 +281,49 @@ def options_for(model_config: Any) -> PixelOptions:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     keep = getattr(mm, "mm_tensor_ipc", None) == "torch_shm" and device != "cpu" and _keeps_device_tensors()
-    tickets = settings().engine_ipc and device != "cpu" and not keep
+    mode = settings().engine_ipc
+    tickets = mode != "off" and device != "cpu" and not keep
+    # Explicitly asked for: say why it cannot be had. "auto": quietly where it is not known to be safe.
+    say = logger.warning if mode == "on" else logger.debug
     if tickets and getattr(mm, "mm_processor_cache_gb", 0) > 0:
-        logger.warning("mmprep: MMPREP_ENGINE_IPC=1 needs --mm-processor-cache-gb 0 (a cached output would outlive "
-                       "its CUDA IPC lease); sending processor outputs through host memory")
+        say("mmprep: CUDA IPC tickets need --mm-processor-cache-gb 0 (a cached output would outlive its lease); "
+            "sending processor outputs through host memory")
         tickets = False
     if tickets and (parallel := _parallel_flags(sys.argv)):
-        logger.warning("mmprep: MMPREP_ENGINE_IPC=1 needs one engine process per output (this server runs %s); "
-                       "sending processor outputs through host memory", parallel)
+        say("mmprep: CUDA IPC tickets need one engine process per output (this server runs %s); sending "
+            "processor outputs through host memory", parallel)
         tickets = False
+    if tickets and mode == "auto" and (why := _auto_refusal(sys.argv)):
+        logger.debug("mmprep: MMPREP_ENGINE_IPC=auto: %s; sending processor outputs through host memory", why)
+        tickets = False
+    how = ("by CUDA IPC tickets" if tickets else "as GPU tensors (vLLM's --mm-tensor-ipc)" if keep
+           else "through host memory")
+    if device != "cpu" and how not in _said:
+        _said.add(how)
+        logger.info("mmprep: processor outputs reach the engine %s (MMPREP_ENGINE_IPC=%s)", how, mode)
     return PixelOptions(device=device, dtype=model_config.dtype, keep_on_device=keep, tickets=tickets)
+
+
+_said: set[str] = set()
+
+
+def _auto_refusal(argv: list[str]) -> str:
+    """Why ``MMPREP_ENGINE_IPC=auto`` sends no tickets here ("" when it does): this vLLM forwards GPU tensors
+    itself (0.32: ``--mm-tensor-ipc torch_shm``), or ``argv`` is not a command line whose parallel sizes
+    ``_parallel_flags`` sees in full (a ``vllm serve`` without a config file; elsewhere, e.g. an engine built
+    in Python or a YAML config, TP or DP may be above 1 unseen, and the engine would refuse the tickets)."""
+    if _keeps_device_tensors():
+        return "this vLLM forwards GPU tensors itself (--mm-tensor-ipc torch_shm)"
+    return _not_plain_serve(argv)
+
+
+def _not_plain_serve(argv: list[str]) -> str:
+    """Why ``argv`` is not a plain ``vllm serve`` command line ("" when it is)."""
+    if "serve" not in argv[1:3] and not any("vllm.entrypoints" in a or "vllm/entrypoints" in a for a in argv[:2]):
+        return "not a `vllm serve` command line"
+    if any(a == "--config" or a.startswith("--config=") for a in argv):
+        return "a --config file may set parallel sizes"
+    return ""
 
 
 _PARALLEL = {"--data-parallel-size": "DP", "-dp": "DP", "--tensor-parallel-size": "TP", "-tp": "TP",
