@@ -224,3 +224,16 @@ def test_a_worker_that_keeps_dying_while_starting_is_a_clear_error(tmp_path):
     run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=180)
     assert run.returncode != 0 and time.monotonic() - t0 < 100
     assert "died 3 times while starting" in run.stderr and '__name__ == "__main__"' in run.stderr
+
+
+def test_a_request_given_up_on_does_not_lend_its_input_segment_again(service):
+    """Workers read videos in place: after a timeout the worker may still be reading, so the caller unlinks that
+    segment instead of putting the next request's bytes into it."""
+    data = clip("h264", frames=48)
+    service._arena.trim()  # no idle segment: the request below gets a new one
+    before = set(_segments())
+    with pytest.raises(mmprep.service.ServiceError, match="timeout"):
+        service.decode_video(data, num_frames=8, timeout=0.001)
+    assert set(_segments()) - before == set()  # its segment is gone, not kept for the next request
+    got = service.decode_video(data, num_frames=8)  # the worker finished (or drops) the first; the next is whole
+    assert torch.equal(got.frames, mmprep.decode_video(data, num_frames=8, device="cpu").frames)

@@ -110,3 +110,18 @@ def test_wrong_key_is_refused(address):
     finally:
         with open(address + ".key", "wb") as f:
             f.write(key)
+
+
+def test_a_request_given_up_on_does_not_lend_its_input_segment_again(address):
+    """The worker reads the caller's segment in place: after a timeout it may still be reading, so the caller
+    unlinks that segment instead of putting the next request's bytes into it."""
+    client = attach(address, cpu_workers=1)
+    data = clip("h264", frames=48)
+    client.ping()
+    client._arena.trim()
+    before = _shm_names()
+    with pytest.raises(ServiceError, match="timeout"):
+        client.decode_video(data, num_frames=8, timeout=0.001)
+    assert not (_shm_names() - before)  # its segment is gone, not kept for the next request
+    got = client.decode_video(data, num_frames=8)
+    assert torch.equal(got.frames, mmprep.decode_video(data, num_frames=8, device="cpu").frames)

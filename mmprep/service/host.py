@@ -221,6 +221,7 @@ class HostClient(ServiceApi):
     def _call(self, op: str, source: Source | None, options: dict[str, Any], gpu: int | None,
               timeout: float | None, worker: int | None = None) -> dict[str, Any]:
         lent = self._arena.put(read_source(source, max_bytes=settings().max_bytes)) if source is not None else None
+        reply = None
         try:
             conn = self._conn()
             try:
@@ -233,8 +234,10 @@ class HostClient(ServiceApi):
                 self._drop()
                 raise ServiceError(f"the mmprep service at {self.address} went away ({type(e).__name__})") from e
         finally:
-            if lent is not None:  # answered (or given up on): the worker has read the bytes
-                self._arena.give_back(lent)
+            if lent is not None:  # a worker's answer: it is done with the bytes; else (a timeout at the service or
+                # here, the service gone) a worker may still read them in place: not lent again
+                answered = reply is not None and reply[0] in ("ok", "media_error", "error")
+                (self._arena.give_back if answered else self._arena.discard)(lent)
         status = reply[0]
         if status == "ok":
             return {k: _open(v) for k, v in reply[1].items()} if op != "stats" else reply[1]

@@ -220,6 +220,7 @@ class MediaService(ServiceApi):
             data = lent = self._arena.put(read_source(source, max_bytes=settings().max_bytes))
         fut: Future = Future()
         rid = next(self._ids)
+        w = None
         try:
             w = self._dispatch(rid, op, data, options, fut, gpu, worker)
             try:
@@ -228,7 +229,7 @@ class MediaService(ServiceApi):
                 raise ServiceError(f"{op} took longer than timeout={timeout} s on worker {w.index} ({w.device})") from None
         finally:
             if lent is not None:  # the worker is done with the bytes once it answered (videos are read in place)
-                self._arena.give_back(lent)
+                (self._arena.give_back if w is None or fut.done() else self._arena.discard)(lent)
         if status == "media_error":
             cls = getattr(errors, payload[0], errors.MediaError)
             raise cls(payload[1])

@@ -109,6 +109,15 @@ class Arena:
         seg.close()
         seg.unlink()
 
+    def discard(self, ref: SharedBytes) -> None:
+        """Given up on ``ref`` before the worker answered (a timeout): unlink its segment rather than lend it again,
+        since the worker may still be reading it in place (its mapping keeps the memory until it is done)."""
+        with self._lock:
+            seg = self._lent.pop(ref.name, None)
+        if seg is not None:
+            seg.close()
+            seg.unlink()
+
     def segments(self) -> int:
         """Segments this arena holds now (lent + idle): for leak checks."""
         with self._lock:
