@@ -30,7 +30,7 @@ from .config import settings
 from .device import wait_idle
 
 __all__ = ["Handle", "LeaseExpiredError", "share", "open", "release", "wait_released", "outstanding", "close_idle",
-           "consumer_stats"]
+           "keep_idle_mappings", "consumer_stats"]
 
 logger = logging.getLogger("mmprep")
 
@@ -363,7 +363,19 @@ _maps: dict[tuple[bytes, int], list[int]] = {}  # (mem handle, device) -> [base 
 # caching allocator hands out the same few segments again and again. Least recently used closes first;
 # at most MMPREP_IPC_IDLE_MAPPINGS (default 16) stay open.
 _idle: "OrderedDict[tuple[bytes, int], int]" = OrderedDict()
+_idle_floor = [0]  # raised by keep_idle_mappings
 _counts = {"opened": 0, "mapped": 0, "unmapped": 0}
+
+
+def keep_idle_mappings(n: int) -> None:
+    """Keep at least ``n`` unused mappings open in this process (never lowers what is kept).
+
+    Why: a caller of many producers (the media service's workers) cycles through a few allocations of each;
+    with more in rotation than the cache holds, every open maps again (~1 ms) and every close unmaps."""
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    with _consumer_lock:
+        _idle_floor[0] = max(_idle_floor[0], n)
 
 
 def consumer_stats() -> dict[str, int]:
@@ -430,7 +442,7 @@ class _Mapping:
                 entry[1] -= 1
                 if entry[1] == 0:
                     _idle[key] = entry[0]
-                    while len(_idle) > settings().ipc_idle_mappings:
+                    while len(_idle) > max(settings().ipc_idle_mappings, _idle_floor[0]):
                         old_key, old_base = _idle.popitem(last=False)
                         _maps.pop(old_key, None)
                         _close_mapping(old_key, old_base)

@@ -110,3 +110,22 @@ def test_host_service_hands_gpu_frames_straight_from_the_worker():
         for suffix in (".key", ".lock", ".log"):
             if os.path.exists(address + suffix):
                 os.unlink(address + suffix)
+
+
+def test_the_caller_keeps_a_mapping_cache_sized_to_the_workers(service):
+    """GPU results are opened from every worker: the caller's cache of CUDA IPC mappings holds enough of them that
+    a steady stream of requests maps nothing again (each mapping ~1 ms of the caller's CPU)."""
+    from mmprep import ipc
+    from mmprep.service.pool import IDLE_MAPPINGS_PER_WORKER
+
+    workers = sum(w["device"].startswith("cuda") for w in service.stats()["workers"])
+    assert ipc._idle_floor[0] >= IDLE_MAPPINGS_PER_WORKER * workers
+    data = clip("h264", width=320, height=240, frames=48, fps=24, gop=12)
+    for _ in range(2 * workers):  # every worker's allocations seen once
+        service.decode_video(data, num_frames=4)
+    before = ipc.consumer_stats()
+    for _ in range(8 * workers):
+        service.decode_video(data, num_frames=4)
+    after = ipc.consumer_stats()
+    assert after["opened"] - before["opened"] >= 8 * workers
+    assert after["unmapped"] == before["unmapped"], (before, after)

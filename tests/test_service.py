@@ -237,3 +237,20 @@ def test_a_request_given_up_on_does_not_lend_its_input_segment_again(service):
     assert set(_segments()) - before == set()  # its segment is gone, not kept for the next request
     got = service.decode_video(data, num_frames=8)  # the worker finished (or drops) the first; the next is whole
     assert torch.equal(got.frames, mmprep.decode_video(data, num_frames=8, device="cpu").frames)
+
+
+def test_gpu_workers_size_the_callers_mapping_cache():
+    """Results of many GPU workers: the caller keeps IDLE_MAPPINGS_PER_WORKER mappings open per worker, never fewer
+    than before (CPU workers leave it as it is)."""
+    from mmprep import ipc
+    from mmprep.service.pool import IDLE_MAPPINGS_PER_WORKER, keep_mappings_for
+
+    floor = ipc._idle_floor[0]
+    keep_mappings_for(0)
+    assert ipc._idle_floor[0] == floor
+    keep_mappings_for(8)
+    assert ipc._idle_floor[0] == max(floor, 8 * IDLE_MAPPINGS_PER_WORKER)
+    keep_mappings_for(1)  # a smaller service later: what a larger one asked for stays
+    assert ipc._idle_floor[0] == max(floor, 8 * IDLE_MAPPINGS_PER_WORKER)
+    with pytest.raises(ValueError, match="n must be >= 0"):
+        ipc.keep_idle_mappings(-1)

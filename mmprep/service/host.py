@@ -40,7 +40,7 @@ import torch
 from .. import errors
 from ..config import settings
 from ..source import Source, read_source
-from .pool import WORKERS_PER_GPU, MediaService, ServiceApi, ServiceError, _import
+from .pool import WORKERS_PER_GPU, MediaService, ServiceApi, ServiceError, _import, keep_mappings_for
 from .shm import Arena, Mapped, SharedBytes, from_bytes, to_bytes
 
 __all__ = ["HostClient", "attach", "default_address", "serve"]
@@ -270,13 +270,14 @@ def attach(address: str | None = None, *, start: bool = True, start_timeout: flo
     address = address or default_address()
     client = HostClient(address)
     try:
-        client.stats()
+        _size_mappings(client.stats())
         return client
     except ServiceError as e:
         if not start or isinstance(e.__cause__, AuthenticationError):  # never start a second one over it
             raise ServiceError(f"{e}; start one with python -m mmprep.service.host") from e
     with _file_lock(address + ".lock"):
         if client.alive():  # another process started it while we waited for the lock
+            _size_mappings(client.stats())
             return client
         _key(address, create=True)
         cmd = [sys.executable, "-m", "mmprep.service.host", "--address", address, "--idle-exit", str(idle_exit)]
@@ -292,7 +293,13 @@ def attach(address: str | None = None, *, start: bool = True, start_timeout: flo
                 proc.kill()
                 raise ServiceError(f"the mmprep service did not start within {start_timeout} s; see {address}.log")
             time.sleep(0.1)
+    _size_mappings(client.stats())
     return client
+
+
+def _size_mappings(stats: dict[str, Any]) -> None:
+    """GPU results come straight from the workers: keep as many of their mappings open as the in-process pool would."""
+    keep_mappings_for(sum(str(w["device"]).startswith("cuda") for w in stats["workers"]))
 
 
 def main(argv: list[str] | None = None) -> None:
