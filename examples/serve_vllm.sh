@@ -13,3 +13,6 @@ exec vllm serve "$MODEL" \
   --limit-mm-per-prompt '{"image": 4, "video": 1}' "$@"
 # frames_on (default auto) keeps frames on the GPU where mmprep's processor takes them (Qwen2/2.5/3-VL)
 # and copies them to the host for other models' CPU processors; MMPREP_PROCESSOR=off turns the hook off.
+# Unique videos (no repeats to cache)? Add --mm-processor-cache-gb 0: on vLLM 0.26 the processor outputs then reach
+# the engine by CUDA IPC tickets instead of through host memory (MMPREP_ENGINE_IPC=auto; 0 turns it off), and
+# OMP_NUM_THREADS=1 in the server's environment keeps vLLM's engine from spinning a core per CPU (README, "vLLM").
