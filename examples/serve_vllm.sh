@@ -15,4 +15,5 @@ exec vllm serve "$MODEL" \
 # and copies them to the host for other models' CPU processors; MMPREP_PROCESSOR=off turns the hook off.
 # Unique videos (no repeats to cache)? Add --mm-processor-cache-gb 0: on vLLM 0.26 the processor outputs then reach
 # the engine by CUDA IPC tickets instead of through host memory (MMPREP_ENGINE_IPC=auto; 0 turns it off), and
-# OMP_NUM_THREADS=1 in the server's environment keeps vLLM's engine from spinning a core per CPU (README, "vLLM").
+# OMP_NUM_THREADS=1 in the server's environment stops the engine process's OpenMP pool from keeping ~10 cores busy
+# on a 64-core host (README, "vLLM").
