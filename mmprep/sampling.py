@@ -137,4 +137,3 @@ def split_feed(probe: Probe, plan: DecodePlan, min_part: int = 24) -> tuple[list
         return None
     best = min(cuts, key=lambda i: max(i, len(feed) - i))
     return feed[:best], feed[best:]
-

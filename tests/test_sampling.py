@@ -126,4 +126,3 @@ def test_split_needs_two_sizable_halves_and_timestamps():
     assert abs(len(a) - len(b)) <= 24, "the most even cut of five 24-frame GOPs"
     assert split_feed(p, plan, min_part=61) is None
     assert split_feed(p, DecodePlan(plan.feed, plan.slots, sequential=True), min_part=8) is None
-

@@ -246,11 +246,11 @@ def test_gpu_workers_size_the_callers_mapping_cache():
     from mmprep.service.pool import IDLE_MAPPINGS_PER_WORKER, keep_mappings_for
 
     floor = ipc._idle_floor[0]
-    keep_mappings_for(0)
+    keep_mappings_for(["cpu", "cpu"])
     assert ipc._idle_floor[0] == floor
-    keep_mappings_for(8)
+    keep_mappings_for([f"cuda:{i // 2}" for i in range(8)] + ["cpu"])
     assert ipc._idle_floor[0] == max(floor, 8 * IDLE_MAPPINGS_PER_WORKER)
-    keep_mappings_for(1)  # a smaller service later: what a larger one asked for stays
+    keep_mappings_for(["cuda:0"])  # a smaller service later: what a larger one asked for stays
     assert ipc._idle_floor[0] == max(floor, 8 * IDLE_MAPPINGS_PER_WORKER)
     with pytest.raises(ValueError, match="n must be >= 0"):
         ipc.keep_idle_mappings(-1)

@@ -270,15 +270,21 @@ def attach(address: str | None = None, *, start: bool = True, start_timeout: flo
     address = address or default_address()
     client = HostClient(address)
     try:
-        _size_mappings(client.stats())
-        return client
+        stats = client.stats()
     except ServiceError as e:
         if not start or isinstance(e.__cause__, AuthenticationError):  # never start a second one over it
             raise ServiceError(f"{e}; start one with python -m mmprep.service.host") from e
+        stats = _start(client, address, start_timeout, idle_exit, service_kwargs)
+    keep_mappings_for(w["device"] for w in stats["workers"])  # GPU results come straight from the workers
+    return client
+
+
+def _start(client: HostClient, address: str, start_timeout: float, idle_exit: float,
+           service_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Start the host's service at ``address`` unless another process just did; its stats once it answers."""
     with _file_lock(address + ".lock"):
         if client.alive():  # another process started it while we waited for the lock
-            _size_mappings(client.stats())
-            return client
+            return client.stats()
         _key(address, create=True)
         cmd = [sys.executable, "-m", "mmprep.service.host", "--address", address, "--idle-exit", str(idle_exit)]
         for k, v in service_kwargs.items():
@@ -293,13 +299,7 @@ def attach(address: str | None = None, *, start: bool = True, start_timeout: flo
                 proc.kill()
                 raise ServiceError(f"the mmprep service did not start within {start_timeout} s; see {address}.log")
             time.sleep(0.1)
-    _size_mappings(client.stats())
-    return client
-
-
-def _size_mappings(stats: dict[str, Any]) -> None:
-    """GPU results come straight from the workers: keep as many of their mappings open as the in-process pool would."""
-    keep_mappings_for(sum(str(w["device"]).startswith("cuda") for w in stats["workers"]))
+    return client.stats()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -19,6 +19,7 @@ import queue
 import threading
 import time
 import weakref
+from collections.abc import Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -173,7 +174,7 @@ class MediaService(ServiceApi):
                     self.close()
                     raise ServiceError(w.broken or f"worker {w.index} ({w.device}) did not start within "
                                                      f"{self.start_timeout} s")
-        keep_mappings_for(sum(w.device.startswith("cuda") for w in self._workers))
+        keep_mappings_for(w.device for w in self._workers)
         return self
 
     def close(self) -> None:
@@ -350,8 +351,9 @@ class MediaService(ServiceApi):
                         "request; it was replaced"))
 
 
-def keep_mappings_for(gpu_workers: int) -> None:
-    """Size this process's cache of CUDA IPC mappings for results from ``gpu_workers`` workers."""
+def keep_mappings_for(devices: Iterable[str]) -> None:
+    """Size this process's cache of CUDA IPC mappings for results from workers on ``devices`` (one per worker)."""
+    gpu_workers = sum(str(d).startswith("cuda") for d in devices)
     if gpu_workers:
         from .. import ipc
 

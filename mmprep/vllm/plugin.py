@@ -85,4 +85,3 @@ def _install_processor() -> list[str]:
 
         install_consumers({n: processor.MODELS[n] for n in names})
     return names
-
