@@ -90,6 +90,10 @@ class Settings:
     nvdec_split: bool
     """Decode the two halves of a long plan (cut at a keyframe) on two NVDEC sessions at once when a
     second one is free: lower latency at low load, unchanged throughput at full load."""
+    nvdec_backend: str
+    """"cuvid": mmprep's own binding of the driver's NVDEC API, which maps only sampled pictures (default where
+    the driver's libnvcuvid loads); "pynvvideocodec": PyNvVideoCodec's decoder, which maps and copies every
+    decoded picture. PyNvVideoCodec's demuxer feeds both."""
     cpu_threads: int
     """FFmpeg decode threads for the CPU backend; 0 lets FFmpeg choose."""
     max_image_pixels: int
@@ -135,6 +139,7 @@ def settings() -> Settings:
         nvdec_devices=_devices("MMPREP_NVDEC_DEVICES"),
         disable_nvdec=_bool("MMPREP_DISABLE_NVDEC", False),
         nvdec_split=_bool("MMPREP_NVDEC_SPLIT", True),
+        nvdec_backend=_choice("MMPREP_NVDEC_BACKEND", "cuvid", {"cuvid": "cuvid", "pynvvideocodec": "pynvvideocodec"}),
         cpu_threads=_int("MMPREP_CPU_THREADS", 0),
         max_image_pixels=_int("MMPREP_MAX_IMAGE_PIXELS", 178_956_970, minimum=1),
         min_image_side=_int("MMPREP_MIN_IMAGE_SIDE", 2, minimum=1),

@@ -253,3 +253,53 @@ def test_torch_fallback_path_decodes_the_same(monkeypatch):
     without = mmprep.decode_video(data, device="cuda").frames
     d = (with_kernel.int() - without.int()).abs()
     assert d.max().item() <= 1
+
+
+def _backend_frames(monkeypatch, backend: str, data: bytes, codec: str, **kwargs) -> tuple[torch.Tensor, int]:
+    """Frames from a fresh pool of ``backend`` sessions, and how many CUDA operations (kernels, copies) they took."""
+    import mmprep.decode.video_nvdec as vn
+    from torch.profiler import ProfilerActivity, profile
+
+    from mmprep.config import settings
+
+    monkeypatch.setenv("MMPREP_NVDEC_BACKEND", backend)
+    monkeypatch.setenv("MMPREP_NVDEC_SPLIT", "0")
+    settings.cache_clear()
+    monkeypatch.setattr(vn, "_pool", None)
+    on_cuda(data, codec, **kwargs)  # creates the session outside the profile
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        frames = on_cuda(data, codec, **kwargs).frames
+        torch.cuda.synchronize()
+    ops = sum(1 for e in prof.events() if e.device_type.name == "CUDA")
+    settings.cache_clear()
+    return frames, ops
+
+
+@pytest.mark.parametrize("codec,kwargs", [
+    ("h264", dict(width=640, height=360, bframes=3)),
+    ("h264", dict(width=322, height=242, bframes=0)),
+    ("hevc", dict(width=1280, height=720, bframes=3)),
+    ("hevc", dict(width=640, height=360, pix_fmt="yuv420p10le")),
+    ("vp9", dict(width=640, height=360)),
+    ("av1", dict(width=640, height=360)),
+], ids=["h264-b", "h264-small-no-b", "hevc-b", "hevc-10bit", "vp9", "av1"])
+def test_cuvid_backend_equals_pynvvideocodec_and_maps_only_sampled_pictures(monkeypatch, codec, kwargs):
+    """mmprep's own NVDEC binding gives PyNvVideoCodec's frames bit for bit, for every frame and for a sample;
+    sampling 4 of 96 pictures, it puts far fewer operations on the GPU (PyNvVideoCodec maps and copies every
+    picture it decodes: the context switches that cost a co-located engine its throughput)."""
+    data = clip(codec, frames=96, gop=96, **kwargs)
+    for sample in ({}, {"indices": [5, 40, 41, 90]}):
+        ours, ops_ours = _backend_frames(monkeypatch, "cuvid", data, codec, **sample)
+        theirs, ops_theirs = _backend_frames(monkeypatch, "pynvvideocodec", data, codec, **sample)
+        assert ours.shape == theirs.shape and torch.equal(ours, theirs), diff_stats(ours, theirs)
+        if sample:
+            report(f"cuvid_ops_{codec}", cuvid=ops_ours, pynvvideocodec=ops_theirs)
+            assert ops_ours * 3 < ops_theirs, (ops_ours, ops_theirs)
+
+
+def test_cuvid_is_the_default_backend():
+    from mmprep.decode.cuvid import CuvidDecoder
+
+    mmprep.decode_video(clip("h264", frames=8), device="cuda")
+    sessions = [s for idle in get_pool()._idle.values() for s in idle]
+    assert sessions and all(isinstance(s.decoder, CuvidDecoder) for s in sessions)

@@ -1,11 +1,13 @@
-"""NVDEC video decode with PyNvVideoCodec, from memory, on a pooled decoder session.
+"""NVDEC video decode, from memory, on a pooled decoder session.
 
 Bytes are demuxed by PyNvVideoCodec's FFmpeg demuxer through a read callback (no temp file).
 Only the packets in the decode plan reach the decoder (skipped GOPs, skipped non-reference
 frames, nothing after the last sampled frame). A long plan is cut at a keyframe and its second half
-decodes on a second session at the same time when one is free (``sampling.split_feed``). Frames come
-out as NV12/P016 surfaces, are copied (DLPack, on the GPU) into one buffer, then converted to RGB in a
-single batched pass.
+decodes on a second session at the same time when one is free (``sampling.split_feed``). The decoder is
+mmprep's binding of the driver's API (``cuvid``: only sampled pictures are mapped, each converted straight
+into the RGB result) or PyNvVideoCodec's (``MMPREP_NVDEC_BACKEND=pynvvideocodec``: every decoded picture
+comes out as a surface; the sampled ones are converted with the fused kernel, or copied as NV12 and
+converted in one batched torch pass).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from ..probe import Probe, StreamInfo
 from ..sampling import DecodePlan, split_feed
 from ..kernels import fused
 from .color import coefficients, nv12_to_rgb
+from .cuvid import CuvidDecoder, CuvidUnsupported, cuvid_available
 from .nvdec_pool import NvdecPool, Session, nvdec_engines
 
 logger = logging.getLogger("mmprep.nvdec")
@@ -90,6 +93,9 @@ def _create_decoder(session: Session) -> None:
     codec_id = session.key[0]
     with torch.cuda.device(session.gpu):
         session.stream = torch.cuda.Stream(device=session.gpu)
+        if settings().nvdec_backend == "cuvid" and cuvid_available():
+            session.decoder = CuvidDecoder(session.gpu, session.stream, session.max_width, session.max_height)
+            return
         session.decoder = nvc.CreateDecoder(
             gpuid=session.gpu,
             codec=codec_id,
@@ -261,56 +267,55 @@ def _decode_part(data: bytes, demuxer, probe: Probe, plan: DecodePlan, feed: lis
     first, last = (feed[0], feed[-1]) if feed else (0, -1)
     packet_of_frame = probe.packet_of_frame()
     coeffs = list(coefficients(info.matrix))
+    filled = 0
+
+    def put(positions: list[int], frame: torch.Tensor) -> None:
+        """Write one sampled picture (a decoded surface) into its result slots."""
+        nonlocal filled
+        surface = _surface(frame, info.height, info.width)
+        if kern is not None:
+            head = dst[positions[0]]
+            kern.nv12_to_rgb(surface, info.height, info.width, head, coeffs, info.full_range)
+            for pos in positions[1:]:
+                dst[pos].copy_(head)
+        else:
+            surface = _to_nv12_8bit(surface)
+            for pos in positions:
+                dst[pos].copy_(surface)
+        filled += len(positions)
+
+    def slots(ordinal: int | None, shown: int) -> list[int] | None:
+        """Result slots of the ``shown``-th picture out, whose packet is ``ordinal`` (where timestamps tell)."""
+        if plan.sequential:
+            ordinal = packet_of_frame[shown] if shown < info.num_frames else None
+        return (plan.slots.get(ordinal) or None) if ordinal is not None else None
+
+    def packets():
+        """The planned packets of this run, in decode order, checked against the probe: (packet, ordinal)."""
+        ordinal = -1
+        for packet in demuxer:
+            ordinal += 1
+            if ordinal > last:
+                break
+            if ordinal < first or ordinal not in wanted:
+                continue
+            if bool(packet.key) != probe.keyframe[ordinal]:
+                raise _DemuxMismatch(
+                    f"demuxers disagree at packet {ordinal}: key={bool(packet.key)} vs {probe.keyframe[ordinal]}"
+                )
+            yield packet, ordinal
+
     try:
-        if session.width and (session.width, session.height) != (info.width, info.height):
-            session.decoder.setReconfigParams(info.width, info.height)
         with torch.cuda.device(session.gpu), torch.cuda.stream(session.stream):
-            nv_pts_to_ordinal: dict[int, int] = {}
-            filled = 0
-            produced = 0
-
-            def take(frames) -> None:
-                nonlocal filled, produced
-                for frame in frames:
-                    if plan.sequential:
-                        ordinal = packet_of_frame[produced] if produced < info.num_frames else None
-                    else:
-                        ordinal = nv_pts_to_ordinal.get(frame.getPTS())
-                    produced += 1
-                    positions = plan.slots.get(ordinal) if ordinal is not None else None
-                    if not positions:
-                        continue
-                    surface = _surface(_frame_tensor(frame), info.height, info.width)
-                    if kern is not None:
-                        head = dst[positions[0]]
-                        kern.nv12_to_rgb(surface, info.height, info.width, head, coeffs, info.full_range)
-                        for pos in positions[1:]:
-                            dst[pos].copy_(head)
-                    else:
-                        surface = _to_nv12_8bit(surface)
-                        for pos in positions:
-                            dst[pos].copy_(surface)
-                    filled += len(positions)
-
-            ordinal = -1
             try:
-                for packet in demuxer:
-                    ordinal += 1
-                    if ordinal > last:
-                        break
-                    if ordinal < first or ordinal not in wanted:
-                        continue
-                    if bool(packet.key) != probe.keyframe[ordinal]:
-                        raise _DemuxMismatch(
-                            f"demuxers disagree at packet {ordinal}: "
-                            f"key={bool(packet.key)} vs {probe.keyframe[ordinal]}"
-                        )
-                    nv_pts_to_ordinal[packet.pts] = ordinal
-                    take(session.decoder.Decode(packet))
-                take(session.decoder.Decode(nvc.PacketData()))  # end of stream: flush the reorder queue
+                if isinstance(session.decoder, CuvidDecoder):
+                    session.decoder.decode(info.codec, ((int(p.bsl_data), int(p.bsl), o) for p, o in packets()),
+                                           slots, lambda frame, positions: put(positions, frame))
+                else:
+                    _feed_pynvvideocodec(nvc, session, info, packets(), slots, put)
             except (CorruptMediaError, _DemuxMismatch, _StaleSurface):
                 raise
-            except nvc.PyNvVCExceptionUnsupported as e:
+            except (nvc.PyNvVCExceptionUnsupported, CuvidUnsupported) as e:
                 _unsupported_here.add((session.gpu, info.codec, info.bit_depth))
                 raise UnsupportedCodecError(
                     f"NVDEC on GPU {session.gpu} cannot decode {info.codec} {info.bit_depth}-bit "
@@ -321,3 +326,25 @@ def _decode_part(data: bytes, demuxer, probe: Probe, plan: DecodePlan, feed: lis
         return filled
     finally:
         wait_idle(session.stream)  # work queued into our buffers must land before their memory is reused
+
+
+def _feed_pynvvideocodec(nvc, session: Session, info, packets, slots, put) -> None:
+    """Decode ``packets`` on a PyNvVideoCodec decoder: every picture comes out as a surface; ``put`` the ones that
+    have ``slots``."""
+    if session.width and (session.width, session.height) != (info.width, info.height):
+        session.decoder.setReconfigParams(info.width, info.height)
+    nv_pts_to_ordinal: dict[int, int] = {}
+    shown = 0
+
+    def take(frames) -> None:
+        nonlocal shown
+        for frame in frames:
+            positions = slots(nv_pts_to_ordinal.get(frame.getPTS()), shown)
+            shown += 1
+            if positions:
+                put(positions, _frame_tensor(frame))
+
+    for packet, ordinal in packets:
+        nv_pts_to_ordinal[packet.pts] = ordinal
+        take(session.decoder.Decode(packet))
+    take(session.decoder.Decode(nvc.PacketData()))  # end of stream: flush the reorder queue
