@@ -268,22 +268,22 @@ class CuvidDecoder:
 
     def decode(self, codec: str, packets: Iterable[tuple[int, int, int]], pick: Callable[[int, int], Any],
                use: Callable[[torch.Tensor, Any], None]) -> int:
-        """Parse and decode ``packets`` — (address, size, ordinal) of Annex-B / raw frame data that stays alive
-        while it is parsed — then flush. Each picture shown calls ``pick(ordinal of its packet, pictures shown
-        before it)``; where that returns something, ``use(surface, it)`` gets the mapped picture, (H + H/2, W)
+        """Parse and decode ``packets`` — (address, size, pts) of Annex-B / raw frame data that stays alive
+        while it is parsed — then flush. Each picture shown calls ``pick(its pts, pictures shown before it)`` (the
+        parser hands out the timestamps it was given in display order, so they must be presentation times); where that returns something, ``use(surface, it)`` gets the mapped picture, (H + H/2, W)
         NV12 uint8 or P016 uint16 with rows ``pitch`` apart, valid until ``use`` returns (work it queued on
         ``self.stream`` is waited for). Returns pictures shown."""
         api = self.api
         errors: list[BaseException] = []
         shown = [0]
-        size = [0, 0]  # display height, width of the current sequence
+        shape = [0, 0]  # display height, width of the current sequence
 
         def on_sequence(_user, fmt_p) -> int:
             try:
                 fmt = fmt_p.contents
                 if fmt.chroma_format != _CHROMA_420:
                     raise CuvidUnsupported(f"chroma format {fmt.chroma_format} (only 4:2:0 is decoded on NVDEC here)")
-                size[:] = fmt.display_area.bottom - fmt.display_area.top, fmt.display_area.right - fmt.display_area.left
+                shape[:] = fmt.display_area.bottom - fmt.display_area.top, fmt.display_area.right - fmt.display_area.left
                 return self._configure(fmt)
             except BaseException as e:
                 errors.append(e)
@@ -313,7 +313,7 @@ class CuvidDecoder:
                 api.check(api.cuvidMapVideoFrame64(self.handle, d.picture_index, byref(ptr), byref(pitch), byref(vpp)),
                           "cuvidMapVideoFrame")
                 try:
-                    h, w = size
+                    h, w = shape
                     if h % 2:  # the chroma plane would start one row further than one (rows, pitch) view puts it
                         raise CuvidUnsupported(f"odd picture height {h}")
                     item = 1 if self.made[1] == 0 else 2
@@ -336,8 +336,8 @@ class CuvidDecoder:
         with _Current(api, self.gpu):
             api.check(api.cuvidCreateVideoParser(byref(parser), byref(params)), "cuvidCreateVideoParser")
             try:
-                for addr, size, ordinal in packets:
-                    pkt = _Packet(flags=_PKT_TIMESTAMP, payload_size=size, payload=addr, timestamp=ordinal)
+                for addr, size, pts in packets:
+                    pkt = _Packet(flags=_PKT_TIMESTAMP, payload_size=size, payload=addr, timestamp=pts)
                     rc = api.cuvidParseVideoData(parser, byref(pkt))
                     if errors:
                         raise errors[0]

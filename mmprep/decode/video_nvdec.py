@@ -308,9 +308,16 @@ def _decode_part(data: bytes, demuxer, probe: Probe, plan: DecodePlan, feed: lis
     try:
         with torch.cuda.device(session.gpu), torch.cuda.stream(session.stream):
             try:
-                if isinstance(session.decoder, CuvidDecoder):
-                    session.decoder.decode(info.codec, ((int(p.bsl_data), int(p.bsl), o) for p, o in packets()),
-                                           slots, lambda frame, positions: put(positions, frame))
+                if isinstance(session.decoder, CuvidDecoder):  # NVDEC's parser reorders timestamps: send pts
+                    pts_to_ordinal: dict[int, int] = {}
+
+                    def feed():
+                        for p, o in packets():
+                            pts_to_ordinal[p.pts] = o
+                            yield int(p.bsl_data), int(p.bsl), p.pts
+
+                    session.decoder.decode(info.codec, feed(), lambda pts, shown: slots(pts_to_ordinal.get(pts), shown),
+                                           lambda frame, positions: put(positions, frame))
                 else:
                     _feed_pynvvideocodec(nvc, session, info, packets(), slots, put)
             except (CorruptMediaError, _DemuxMismatch, _StaleSurface):
