@@ -128,10 +128,14 @@ def mode_settings(mode: str):
     """Apply the ``:NAME=VALUE,...`` settings of ``mode`` for its run, then restore the environment."""
     from mmprep.config import settings
 
+    import mmprep.decode.video_nvdec as nvdec
+
     pairs = [kv.split("=", 1) for kv in mode.partition(":")[2].split(",") if kv]
     old = {k: os.environ.get(k) for k, _ in pairs}
     os.environ.update(dict(pairs))
     settings.cache_clear()
+    if pairs:  # the decoder backend and pool size apply to sessions made from now on: start from a fresh pool
+        nvdec._pool = None
     try:
         yield
     finally:
@@ -141,6 +145,8 @@ def mode_settings(mode: str):
             else:
                 os.environ[k] = v
         settings.cache_clear()
+        if pairs:
+            nvdec._pool = None
 
 
 def gpu_ms_per_video(media: Media, mode: str, n: int = 5) -> dict:
