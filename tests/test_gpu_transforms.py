@@ -1,5 +1,7 @@
 """GPU: nvJPEG decode vs PIL, and preprocess (torch path and fused kernel) vs HF processors on cuda."""
 
+import gc
+
 import pytest
 import torch
 
@@ -60,12 +62,14 @@ def test_nvjpeg_orientation_and_fallbacks():
 def test_hostile_images_on_cuda_leave_no_leak():
     bad = hostile()
     mmprep.decode_images([jpeg()], device="cuda")
+    gc.collect()  # earlier tests' garbage, freed mid-test, once made memory fall below the baseline
     torch.cuda.synchronize()
     base = torch.cuda.memory_allocated()
     for _ in range(20):
         for data, err in bad.values():
             with pytest.raises(mmprep.MediaError):
                 mmprep.decode_images([jpeg(), data], device="cuda")
+    gc.collect()
     torch.cuda.synchronize()
     report("hostile_images_cuda", base=base, after=torch.cuda.memory_allocated())
     assert torch.cuda.memory_allocated() == base
