@@ -270,7 +270,7 @@ class CuvidDecoder:
                use: Callable[[torch.Tensor, Any], None]) -> int:
         """Parse and decode ``packets`` — (address, size, pts) of Annex-B / raw frame data that stays alive
         while it is parsed — then flush. Each picture shown calls ``pick(its pts, pictures shown before it)`` (the
-        parser hands out the timestamps it was given in display order, so they must be presentation times); where that returns something, ``use(surface, it)`` gets the mapped picture, (H + H/2, W)
+        parser hands out the timestamps it was given in display order, so they must be presentation times); where that returns something, ``use(surface, it)`` gets the mapped picture, (H + ceil(H/2), W)
         NV12 uint8 or P016 uint16 with rows ``pitch`` apart, valid until ``use`` returns (work it queued on
         ``self.stream`` is waited for). Returns pictures shown."""
         api = self.api
@@ -314,15 +314,17 @@ class CuvidDecoder:
                           "cuvidMapVideoFrame")
                 try:
                     h, w = shape
-                    if h % 2:  # the chroma plane would start one row further than one (rows, pitch) view puts it
-                        raise CuvidUnsupported(f"odd picture height {h}")
                     item = 1 if self.made[1] == 0 else 2
-                    surface = torch.as_tensor(_Surface(ptr.value, h + h // 2, w, pitch.value, item),
-                                              device=f"cuda:{self.gpu}")
-                    use(surface, picked)
-                    api.check(api.cuStreamSynchronize(c_void_p(self.stream.cuda_stream)), "cuStreamSynchronize")
-                finally:
+                    chroma_row = h + h % 2  # the chroma plane starts at an even row
+                    view = torch.as_tensor(_Surface(ptr.value, chroma_row + (h + 1) // 2, w + w % 2, pitch.value, item),
+                                           device=f"cuda:{self.gpu}")  # odd width: the last chroma pair is 1 wider
+                    if h % 2:  # odd height (a cropped stream): drop the padding row between the planes (a copy)
+                        view = torch.cat([view[:h], view[chroma_row:]])
+                    use(view[:, :w], picked)
+                finally:  # what ``use`` queued reads the surface: let it finish before the surface is reused
+                    synced = api.cuStreamSynchronize(c_void_p(self.stream.cuda_stream))
                     api.cuvidUnmapVideoFrame64(self.handle, ptr.value)
+                api.check(synced, "cuStreamSynchronize")
                 return 1
             except BaseException as e:
                 errors.append(e)
