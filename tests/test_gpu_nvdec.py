@@ -281,8 +281,9 @@ def _backend_frames(monkeypatch, backend: str, data: bytes, codec: str, **kwargs
     ("hevc", dict(width=1280, height=720, bframes=3)),
     ("hevc", dict(width=640, height=360, pix_fmt="yuv420p10le")),
     ("vp9", dict(width=640, height=360)),
+    ("vp9", dict(width=321, height=241)),
     ("av1", dict(width=640, height=360)),
-], ids=["h264-b", "h264-small-no-b", "hevc-b", "hevc-10bit", "vp9", "av1"])
+], ids=["h264-b", "h264-small-no-b", "hevc-b", "hevc-10bit", "vp9", "vp9-odd", "av1"])
 def test_cuvid_backend_equals_pynvvideocodec_and_maps_only_sampled_pictures(monkeypatch, codec, kwargs):
     """mmprep's own NVDEC binding gives PyNvVideoCodec's frames bit for bit, for every frame and for a sample;
     sampling 4 of 96 pictures, it puts far fewer operations on the GPU (PyNvVideoCodec maps and copies every
