@@ -206,7 +206,7 @@ class CuvidDecoder:
         self.api, self.gpu, self.stream = api, gpu, stream
         self.max_width, self.max_height = max_width, max_height
         self.handle = c_void_p()
-        self.made: tuple | None = None  # (codec, bit depth, chroma, coded w, coded h, surfaces, display area)
+        self.made: tuple | None = None  # (codec, bit depth - 8, chroma, coded w, coded h, display area) of the decoder
         self.surfaces = 0
 
     def close(self) -> None:
@@ -270,20 +270,19 @@ class CuvidDecoder:
                use: Callable[[torch.Tensor, Any], None]) -> int:
         """Parse and decode ``packets`` — (address, size, pts) of Annex-B / raw frame data that stays alive
         while it is parsed — then flush. Each picture shown calls ``pick(its pts, pictures shown before it)`` (the
-        parser hands out the timestamps it was given in display order, so they must be presentation times); where that returns something, ``use(surface, it)`` gets the mapped picture, (H + ceil(H/2), W)
-        NV12 uint8 or P016 uint16 with rows ``pitch`` apart, valid until ``use`` returns (work it queued on
-        ``self.stream`` is waited for). Returns pictures shown."""
+        parser hands out the timestamps it was given in display order, so they must be presentation times); where
+        that returns something, ``use(surface, it)`` gets the mapped picture, (H + ceil(H/2), W) NV12 uint8 or
+        P016 uint16 with rows ``pitch`` apart, valid until ``use`` returns (work it queued on ``self.stream`` is
+        waited for). Returns pictures shown."""
         api = self.api
         errors: list[BaseException] = []
         shown = [0]
-        shape = [0, 0]  # display height, width of the current sequence
 
         def on_sequence(_user, fmt_p) -> int:
             try:
                 fmt = fmt_p.contents
                 if fmt.chroma_format != _CHROMA_420:
                     raise CuvidUnsupported(f"chroma format {fmt.chroma_format} (only 4:2:0 is decoded on NVDEC here)")
-                shape[:] = fmt.display_area.bottom - fmt.display_area.top, fmt.display_area.right - fmt.display_area.left
                 return self._configure(fmt)
             except BaseException as e:
                 errors.append(e)
@@ -313,7 +312,8 @@ class CuvidDecoder:
                 api.check(api.cuvidMapVideoFrame64(self.handle, d.picture_index, byref(ptr), byref(pitch), byref(vpp)),
                           "cuvidMapVideoFrame")
                 try:
-                    h, w = shape
+                    left, top, right, bottom = self.made[5]  # the display area the decoder outputs
+                    h, w = bottom - top, right - left
                     item = 1 if self.made[1] == 0 else 2
                     chroma_row = h + h % 2  # the chroma plane starts at an even row
                     view = torch.as_tensor(_Surface(ptr.value, chroma_row + (h + 1) // 2, w + w % 2, pitch.value, item),
@@ -337,17 +337,16 @@ class CuvidDecoder:
         parser = c_void_p()
         with _Current(api, self.gpu):
             api.check(api.cuvidCreateVideoParser(byref(parser), byref(params)), "cuvidCreateVideoParser")
+            def parse(pkt: _Packet) -> None:
+                rc = api.cuvidParseVideoData(parser, byref(pkt))
+                if errors:  # a callback's exception says more than the parser's code
+                    raise errors[0]
+                api.check(rc, "cuvidParseVideoData")
+
             try:
                 for addr, size, pts in packets:
-                    pkt = _Packet(flags=_PKT_TIMESTAMP, payload_size=size, payload=addr, timestamp=pts)
-                    rc = api.cuvidParseVideoData(parser, byref(pkt))
-                    if errors:
-                        raise errors[0]
-                    api.check(rc, "cuvidParseVideoData")
-                rc = api.cuvidParseVideoData(parser, byref(_Packet(flags=_PKT_ENDOFSTREAM)))
-                if errors:
-                    raise errors[0]
-                api.check(rc, "cuvidParseVideoData (end of stream)")
+                    parse(_Packet(flags=_PKT_TIMESTAMP, payload_size=size, payload=addr, timestamp=pts))
+                parse(_Packet(flags=_PKT_ENDOFSTREAM))
             finally:
                 api.cuvidDestroyVideoParser(parser)
         return shown[0]

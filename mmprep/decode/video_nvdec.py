@@ -268,8 +268,9 @@ def _decode_part(data: bytes, demuxer, probe: Probe, plan: DecodePlan, feed: lis
     packet_of_frame = probe.packet_of_frame()
     coeffs = list(coefficients(info.matrix))
     filled = 0
+    pts_to_ordinal: dict[int, int] = {}  # decoders hand pictures out with the pts of their packet
 
-    def put(positions: list[int], frame: torch.Tensor) -> None:
+    def put(frame: torch.Tensor, positions: list[int]) -> None:
         """Write one sampled picture (a decoded surface) into its result slots."""
         nonlocal filled
         surface = _surface(frame, info.height, info.width)
@@ -284,14 +285,16 @@ def _decode_part(data: bytes, demuxer, probe: Probe, plan: DecodePlan, feed: lis
                 dst[pos].copy_(surface)
         filled += len(positions)
 
-    def slots(ordinal: int | None, shown: int) -> list[int] | None:
-        """Result slots of the ``shown``-th picture out, whose packet is ``ordinal`` (where timestamps tell)."""
+    def slots(pts: int, shown: int) -> list[int] | None:
+        """Result slots of the ``shown``-th picture out, whose pts is ``pts`` (where timestamps tell)."""
         if plan.sequential:
             ordinal = packet_of_frame[shown] if shown < info.num_frames else None
+        else:
+            ordinal = pts_to_ordinal.get(pts)
         return (plan.slots.get(ordinal) or None) if ordinal is not None else None
 
     def packets():
-        """The planned packets of this run, in decode order, checked against the probe: (packet, ordinal)."""
+        """The planned packets of this run, in decode order, checked against the probe (and their pts noted)."""
         ordinal = -1
         for packet in demuxer:
             ordinal += 1
@@ -303,21 +306,15 @@ def _decode_part(data: bytes, demuxer, probe: Probe, plan: DecodePlan, feed: lis
                 raise _DemuxMismatch(
                     f"demuxers disagree at packet {ordinal}: key={bool(packet.key)} vs {probe.keyframe[ordinal]}"
                 )
-            yield packet, ordinal
+            pts_to_ordinal[packet.pts] = ordinal
+            yield packet
 
     try:
         with torch.cuda.device(session.gpu), torch.cuda.stream(session.stream):
             try:
                 if isinstance(session.decoder, CuvidDecoder):  # NVDEC's parser reorders timestamps: send pts
-                    pts_to_ordinal: dict[int, int] = {}
-
-                    def feed():
-                        for p, o in packets():
-                            pts_to_ordinal[p.pts] = o
-                            yield int(p.bsl_data), int(p.bsl), p.pts
-
-                    session.decoder.decode(info.codec, feed(), lambda pts, shown: slots(pts_to_ordinal.get(pts), shown),
-                                           lambda frame, positions: put(positions, frame))
+                    session.decoder.decode(info.codec, ((int(p.bsl_data), int(p.bsl), p.pts) for p in packets()),
+                                           slots, put)
                 else:
                     _feed_pynvvideocodec(nvc, session, info, packets(), slots, put)
             except (CorruptMediaError, _DemuxMismatch, _StaleSurface):
@@ -340,18 +337,16 @@ def _feed_pynvvideocodec(nvc, session: Session, info, packets, slots, put) -> No
     have ``slots``."""
     if session.width and (session.width, session.height) != (info.width, info.height):
         session.decoder.setReconfigParams(info.width, info.height)
-    nv_pts_to_ordinal: dict[int, int] = {}
     shown = 0
 
     def take(frames) -> None:
         nonlocal shown
         for frame in frames:
-            positions = slots(nv_pts_to_ordinal.get(frame.getPTS()), shown)
+            positions = slots(frame.getPTS(), shown)
             shown += 1
             if positions:
-                put(positions, _frame_tensor(frame))
+                put(_frame_tensor(frame), positions)
 
-    for packet, ordinal in packets:
-        nv_pts_to_ordinal[packet.pts] = ordinal
+    for packet in packets:
         take(session.decoder.Decode(packet))
     take(session.decoder.Decode(nvc.PacketData()))  # end of stream: flush the reorder queue
