@@ -272,13 +272,15 @@ def main() -> None:
                     out = svc.preprocess_video(d, decode={"indices": idx}, **PREPROCESS)
                     assert out["pixel_values_videos"].is_cuda
 
-                m0 = ipc.consumer_stats()["mapped"]
+                m0, s0 = ipc.consumer_stats()["mapped"], svc.stats()["shm_created"]
                 r = drive(served, data, a.threads_per_gpu * n, a.videos_per_gpu * n)
                 r["ipc_maps_per_video"] = (ipc.consumer_stats()["mapped"] - m0) / r["videos"]  # ~1 ms of caller CPU each
+                r["shm_new_per_video"] = (svc.stats()["shm_created"] - s0) / r["videos"]  # ~8 ms of caller CPU each
                 r.update(latency_ms(served, data, busy=lambda: _busy(svc)))
                 r["ping_ms_c1"] = latency_ms(lambda _: svc.ping(), b"")["latency_ms_c1"]
-                solo = lambda d: decode_preprocess(d, idx, "cuda:0")  # noqa: E731 - the worker's GPU, in this process
-                r.update(paired_latency_ms(solo, served, data))
+                solo = lambda d: decode_preprocess(d, idx, "cuda:0")  # noqa: E731 - in this process, on GPU 0
+                on_0 = lambda d: svc.preprocess_video(d, gpu=0, decode={"indices": idx}, **PREPROCESS)  # noqa: E731
+                r.update(paired_latency_ms(solo, on_0, data))  # the same GPU both ways (GPUs differ by a few ms)
             done({"arm": "service", "gpus": n, "workers_per_gpu": w, **r})
             for c in [int(x) for x in a.clients.split(",") if x]:
                 r = host_arm(gpus, w, c, data, idx, a.threads_per_gpu * n, a.videos_per_gpu * n)

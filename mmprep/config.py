@@ -9,8 +9,8 @@ from dataclasses import dataclass
 __all__ = ["Settings", "settings"]
 
 
-def _number(name: str, default, minimum, parse, what: str):
-    """``name`` parsed with ``parse`` (``default`` when unset), refused below ``minimum``."""
+def _number(name: str, default, minimum, parse, what: str, maximum=None):
+    """``name`` parsed with ``parse`` (``default`` when unset), refused outside ``minimum``..``maximum``."""
     raw = os.environ.get(name)
     if raw is None or raw.strip() == "":
         return default
@@ -20,11 +20,13 @@ def _number(name: str, default, minimum, parse, what: str):
         raise ValueError(f"{name} must be {what}, got {raw!r}") from None
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}")
     return value
 
 
-def _int(name: str, default: int, minimum: int = 0) -> int:
-    return _number(name, default, minimum, int, "an integer")
+def _int(name: str, default: int, minimum: int = 0, maximum: int | None = None) -> int:
+    return _number(name, default, minimum, int, "an integer", maximum)
 
 
 def _bool(name: str, default: bool) -> bool:
@@ -94,6 +96,9 @@ class Settings:
     """"cuvid": mmprep's own binding of the driver's NVDEC API, which maps only sampled pictures (default where
     the driver's libnvcuvid loads); "pynvvideocodec": PyNvVideoCodec's decoder, which maps and copies every
     decoded picture. PyNvVideoCodec's demuxer feeds both."""
+    nvdec_display_delay: int
+    """cuvid backend: pictures NVDEC's parser decodes ahead of the one being mapped (0 = map each as soon as it is
+    decoded, leaving the engine idle while a sampled picture is converted; NVIDIA recommends 2..4)."""
     cpu_threads: int
     """FFmpeg decode threads for the CPU backend; 0 lets FFmpeg choose."""
     max_image_pixels: int
@@ -140,6 +145,7 @@ def settings() -> Settings:
         disable_nvdec=_bool("MMPREP_DISABLE_NVDEC", False),
         nvdec_split=_bool("MMPREP_NVDEC_SPLIT", True),
         nvdec_backend=_choice("MMPREP_NVDEC_BACKEND", "cuvid", {"cuvid": "cuvid", "pynvvideocodec": "pynvvideocodec"}),
+        nvdec_display_delay=_int("MMPREP_NVDEC_DISPLAY_DELAY", 2, maximum=16),
         cpu_threads=_int("MMPREP_CPU_THREADS", 0),
         max_image_pixels=_int("MMPREP_MAX_IMAGE_PIXELS", 178_956_970, minimum=1),
         min_image_side=_int("MMPREP_MIN_IMAGE_SIDE", 2, minimum=1),

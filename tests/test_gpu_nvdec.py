@@ -255,8 +255,10 @@ def test_torch_fallback_path_decodes_the_same(monkeypatch):
     assert d.max().item() <= 1
 
 
-def _backend_frames(monkeypatch, backend: str, data: bytes, codec: str, **kwargs) -> tuple[torch.Tensor, int]:
-    """Frames from a fresh pool of ``backend`` sessions, and how many CUDA operations (kernels, copies) they took."""
+def _backend_frames(monkeypatch, backend: str, data: bytes, codec: str, delay: int = 2,
+                    **kwargs) -> tuple[torch.Tensor, int]:
+    """Frames from a fresh pool of ``backend`` sessions (cuvid: parser display ``delay``), and how many CUDA
+    operations (kernels, copies) they took."""
     import mmprep.decode.video_nvdec as vn
     from torch.profiler import ProfilerActivity, profile
 
@@ -264,6 +266,7 @@ def _backend_frames(monkeypatch, backend: str, data: bytes, codec: str, **kwargs
 
     monkeypatch.setenv("MMPREP_NVDEC_BACKEND", backend)
     monkeypatch.setenv("MMPREP_NVDEC_SPLIT", "0")
+    monkeypatch.setenv("MMPREP_NVDEC_DISPLAY_DELAY", str(delay))
     settings.cache_clear()
     monkeypatch.setattr(vn, "_pool", None)
     on_cuda(data, codec, **kwargs)  # creates the session outside the profile
@@ -296,6 +299,18 @@ def test_cuvid_backend_equals_pynvvideocodec_and_maps_only_sampled_pictures(monk
         if sample:
             report(f"cuvid_ops_{codec}", cuvid=ops_ours, pynvvideocodec=ops_theirs)
             assert ops_ours * 3 < ops_theirs, (ops_ours, ops_theirs)
+
+
+@pytest.mark.parametrize("codec", ["h264", "hevc"])
+def test_cuvid_display_delay_changes_no_frame(monkeypatch, codec):
+    """Letting the parser decode ahead (B-frames reordered, more surfaces in use) shows the same pictures in the same
+    order as showing each at once, for every frame and for a sample."""
+    data = clip(codec, frames=60, gop=30, width=640, height=360, bframes=3)
+    for sample in ({}, {"indices": [0, 7, 8, 31, 59]}):
+        at_once, _ = _backend_frames(monkeypatch, "cuvid", data, codec, delay=0, **sample)
+        for delay in (1, 4):
+            ahead, _ = _backend_frames(monkeypatch, "cuvid", data, codec, delay=delay, **sample)
+            assert ahead.shape == at_once.shape and torch.equal(ahead, at_once), (delay, diff_stats(ahead, at_once))
 
 
 def test_cuvid_is_the_default_backend():

@@ -197,14 +197,18 @@ class _Surface:
 class CuvidDecoder:
     """One NVDEC decoder on one GPU, kept across streams of one codec / bit depth / chroma (a pool session).
     The hardware decoder is created at the first stream's sequence header, reconfigured in place for another
-    size within ``max_width`` x ``max_height``, and recreated for anything else."""
+    size within ``max_width`` x ``max_height``, and recreated for anything else. ``display_delay``: pictures the
+    parser decodes ahead of the one shown (mapped), so NVDEC keeps working while a sampled picture is converted."""
 
-    def __init__(self, gpu: int, stream: torch.cuda.Stream, max_width: int, max_height: int) -> None:
+    def __init__(self, gpu: int, stream: torch.cuda.Stream, max_width: int, max_height: int,
+                 display_delay: int = 2) -> None:
+        if not 0 <= display_delay <= 16:
+            raise ValueError(f"display_delay must be in 0..16, got {display_delay}")
         api = _api()
         if api is None:
             raise CuvidError("libnvcuvid could not be loaded")
         self.api, self.gpu, self.stream = api, gpu, stream
-        self.max_width, self.max_height = max_width, max_height
+        self.max_width, self.max_height, self.display_delay = max_width, max_height, display_delay
         self.handle = c_void_p()
         self.made: tuple | None = None  # (codec, bit depth - 8, chroma, coded w, coded h, display area) of the decoder
         self.surfaces = 0
@@ -240,7 +244,8 @@ class CuvidDecoder:
         disp = (area.left, area.top, area.right, area.bottom)
         want = (fmt.codec, fmt.bit_depth_luma_minus8, fmt.chroma_format)
         w, h = fmt.coded_width, fmt.coded_height
-        surfaces = max(int(fmt.min_num_decode_surfaces), 1) + 2
+        # the decoded pictures the parser holds back for display need surfaces of their own
+        surfaces = max(int(fmt.min_num_decode_surfaces), 1) + self.display_delay + 2
         if self.made is not None and self.made[:3] == want and surfaces <= self.surfaces \
                 and w <= self.max_width and h <= self.max_height:
             if self.made[3:] != (w, h, disp):
@@ -332,7 +337,7 @@ class CuvidDecoder:
 
         seq, pic, disp = _SEQ(on_sequence), _PIC(on_decode), _DISP(on_display)
         params = _ParserParams(CodecType=CODECS[codec], ulMaxNumDecodeSurfaces=1, ulErrorThreshold=0,
-                               ulMaxDisplayDelay=0, pfnSequenceCallback=seq, pfnDecodePicture=pic,
+                               ulMaxDisplayDelay=self.display_delay, pfnSequenceCallback=seq, pfnDecodePicture=pic,
                                pfnDisplayPicture=disp)
         parser = c_void_p()
         with _Current(api, self.gpu):

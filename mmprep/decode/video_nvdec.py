@@ -94,7 +94,8 @@ def _create_decoder(session: Session) -> None:
     with torch.cuda.device(session.gpu):
         session.stream = torch.cuda.Stream(device=session.gpu)
         if settings().nvdec_backend == "cuvid" and cuvid_available():
-            session.decoder = CuvidDecoder(session.gpu, session.stream, session.max_width, session.max_height)
+            session.decoder = CuvidDecoder(session.gpu, session.stream, session.max_width, session.max_height,
+                                           display_delay=settings().nvdec_display_delay)
             return
         session.decoder = nvc.CreateDecoder(
             gpuid=session.gpu,

@@ -113,10 +113,11 @@ WORKERS_PER_GPU = 2
 and 33.4 -> 62.7 on two (``bench/results/service_scaling*_h200x4-f86161e.*``). Each worker holds its own CUDA
 context and decoder sessions on its GPU."""
 
-IDLE_MAPPINGS_PER_WORKER = 8
-"""CUDA IPC mappings a caller keeps open per GPU worker (``mmprep.ipc.keep_idle_mappings``): a worker's allocator
-hands its outputs out of ~5-6 allocations in turn (2026-11-28, 4x H200: 0.34 new mappings per video on one GPU,
-where each worker's first ones count; 0.48 on four with 8 workers and the default cache of 16)."""
+IDLE_MAPPINGS_PER_WORKER = 24
+"""CUDA IPC mappings a caller keeps open per GPU worker (``mmprep.ipc.keep_idle_mappings``; opening one costs the
+caller ~1 CPU-ms). A worker's allocator hands its outputs out of one allocation per request it holds at once — up
+to ``threads`` running plus the results the caller still reads — in turn; with 8 per worker a caller opened 0.46
+new mappings per video (H.264, 4x H200 x 2 workers, 2026-11-28, ``service_scaling_2026-11-28_h200x4-062a193``)."""
 
 
 class MediaService(ServiceApi):
@@ -207,12 +208,14 @@ class MediaService(ServiceApi):
     def stats(self) -> dict[str, Any]:
         """Per worker: device, pid, requests in flight, restarts, requests answered and the seconds spent on them
         (``busy_s``, of which ``read_s`` copying inputs out of shared memory, ``decode_s`` decoding and ``export_s``
-        handing results out: a caller's wall time minus the worker's is the service's own overhead)."""
+        handing results out: a caller's wall time minus the worker's is the service's own overhead); and the
+        shared-memory segments this caller has made for inputs (``shm_created``: each costs ~8 CPU-ms per 6 MB)."""
         with self._lock:
             return {"workers": [{"device": w.device, "pid": w.process.pid if w.process else None,
                                  "inflight": len(w.inflight), "restarts": w.restarts, "served": w.served,
                                  **{f"{k}_s": v for k, v in w.spent.items()}}
-                                for w in self._workers]}
+                                for w in self._workers],
+                    "shm_created": self._arena.created}
 
     def _call(self, op: str, source: Source | SharedBytes | None, options: dict[str, Any], gpu: int | None,
               timeout: float | None, worker: int | None = None, opened: bool = True) -> dict[str, Any]:
