@@ -79,6 +79,11 @@ def nvdec_supports(info: StreamInfo, gpu: int | None = None) -> str | None:
         return f"chroma {info.chroma} ({info.pix_fmt}) is not supported by NVDEC output (4:2:0 only)"
     if info.bit_depth not in (8, 10, 12):
         return f"bit depth {info.bit_depth} is not supported by NVDEC"
+    if (info.width % 2 or info.height % 2) and not _uses_cuvid():
+        # its copy of such a picture faulted on the GPU (illegal address: the CUDA context is lost; H200, VP9
+        # 321x241, 2026-11-28) and hands out one chroma row too few
+        return (f"PyNvVideoCodec's decoder mishandles odd picture sizes ({info.width}x{info.height}); "
+                f"MMPREP_NVDEC_BACKEND=cuvid decodes them")
     min_w, min_h, max_w, max_h = caps
     if not (min_w <= info.width <= max_w and min_h <= info.height <= max_h):
         return (
@@ -88,12 +93,17 @@ def nvdec_supports(info: StreamInfo, gpu: int | None = None) -> str | None:
     return None
 
 
+def _uses_cuvid() -> bool:
+    """Whether new sessions use mmprep's NVDEC binding (the setting, where the driver's library loads)."""
+    return settings().nvdec_backend == "cuvid" and cuvid_available()
+
+
 def _create_decoder(session: Session) -> None:
     nvc = _nvc()
     codec_id = session.key[0]
     with torch.cuda.device(session.gpu):
         session.stream = torch.cuda.Stream(device=session.gpu)
-        if settings().nvdec_backend == "cuvid" and cuvid_available():
+        if _uses_cuvid():
             session.decoder = CuvidDecoder(session.gpu, session.stream, session.max_width, session.max_height,
                                            display_delay=settings().nvdec_display_delay)
             return
