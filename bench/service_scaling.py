@@ -220,6 +220,7 @@ def main() -> None:
                     help="of in-process, per-gpu, service (host arms follow --clients)")
     ap.add_argument("--in-process-gpus", default=None,
                     help="GPU counts for the in-process arm (default: every count; it stays at one GPU's rate)")
+    ap.add_argument("--pairs", type=int, default=16, help="service / in-process pairs for the paired c=1 overhead")
     ap.add_argument("--out", default=None)
     ap.add_argument("--merge", nargs="+", default=None,
                     help="only write --out from earlier runs' JSON files / printed lines (no measuring)")
@@ -280,7 +281,7 @@ def main() -> None:
                 r["ping_ms_c1"] = latency_ms(lambda _: svc.ping(), b"")["latency_ms_c1"]
                 solo = lambda d: decode_preprocess(d, idx, "cuda:0")  # noqa: E731 - in this process, on GPU 0
                 on_0 = lambda d: svc.preprocess_video(d, gpu=0, decode={"indices": idx}, **PREPROCESS)  # noqa: E731
-                r.update(paired_latency_ms(solo, on_0, data))  # the same GPU both ways (GPUs differ by a few ms)
+                r.update(paired_latency_ms(solo, on_0, data, n=a.pairs))  # the same GPU both ways (GPUs differ by a few ms)
             done({"arm": "service", "gpus": n, "workers_per_gpu": w, **r})
             for c in [int(x) for x in a.clients.split(",") if x]:
                 r = host_arm(gpus, w, c, data, idx, a.threads_per_gpu * n, a.videos_per_gpu * n)
