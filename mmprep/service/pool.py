@@ -117,7 +117,8 @@ IDLE_MAPPINGS_PER_WORKER = 24
 """CUDA IPC mappings a caller keeps open per GPU worker (``mmprep.ipc.keep_idle_mappings``; opening one costs the
 caller ~1 CPU-ms). A worker's allocator hands its outputs out of one allocation per request it holds at once — up
 to ``threads`` running plus the results the caller still reads — in turn; with 8 per worker a caller opened 0.46
-new mappings per video (H.264, 4x H200 x 2 workers, 2026-11-28, ``service_scaling_2026-11-28_h200x4-062a193``)."""
+new mappings per video (H.264, 4x H200 x 2 workers, 2026-11-28, ``service_scaling_2026-11-28_h200x4-062a193``), with
+24 0.13-0.18 on 1-4 GPUs (``..._h200x4-4928da6``)."""
 
 
 class MediaService(ServiceApi):
