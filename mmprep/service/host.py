@@ -236,8 +236,7 @@ class HostClient(ServiceApi):
         finally:
             if lent is not None:  # a worker's answer: it is done with the bytes; else (a timeout at the service or
                 # here, the service gone) a worker may still read them in place: not lent again
-                answered = reply is not None and reply[0] in ("ok", "media_error", "error")
-                (self._arena.give_back if answered else self._arena.discard)(lent)
+                self._arena.give_back(lent, reuse=reply is not None and reply[0] in ("ok", "media_error", "error"))
         status = reply[0]
         if status == "ok":
             return {k: _open(v) for k, v in reply[1].items()} if op != "stats" else reply[1]

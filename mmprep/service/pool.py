@@ -240,7 +240,7 @@ class MediaService(ServiceApi):
                 raise ServiceError(f"{op} took longer than timeout={timeout} s on worker {w.index} ({w.device})") from None
         finally:
             if lent is not None:  # the worker is done with the bytes once it answered (videos are read in place)
-                (self._arena.give_back if w is None or fut.done() else self._arena.discard)(lent)
+                self._arena.give_back(lent, reuse=w is None or fut.done())
         if status == "media_error":
             cls = getattr(errors, payload[0], errors.MediaError)
             raise cls(payload[1])

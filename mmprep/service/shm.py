@@ -104,30 +104,21 @@ class Arena:
             self._peak = max(self._peak, self._lent_bytes)
         return SharedBytes(seg.name, len(data))
 
-    def give_back(self, ref: SharedBytes) -> None:
-        """The worker is done with ``ref``: keep its segment for the next request (or free it)."""
+    def give_back(self, ref: SharedBytes, reuse: bool = True) -> None:
+        """The worker is done with ``ref``: keep its segment for the next request (or free it). ``reuse=False``: given
+        up on before the worker answered (a timeout): unlink it rather than lend it again, since the worker may still
+        be reading it in place (its mapping keeps the memory until it is done)."""
         with self._lock:
             seg = self._lent.pop(ref.name, None)
             if seg is None:
                 return
             self._lent_bytes -= seg.size
-            if self._idle + seg.size <= min(max(self.idle_bytes, self._peak), self.max_idle_bytes):
+            if reuse and self._idle + seg.size <= min(max(self.idle_bytes, self._peak), self.max_idle_bytes):
                 self._free.setdefault(seg.size, []).append(seg)
                 self._idle += seg.size
                 return
         seg.close()
         seg.unlink()
-
-    def discard(self, ref: SharedBytes) -> None:
-        """Given up on ``ref`` before the worker answered (a timeout): unlink its segment rather than lend it again,
-        since the worker may still be reading it in place (its mapping keeps the memory until it is done)."""
-        with self._lock:
-            seg = self._lent.pop(ref.name, None)
-            if seg is not None:
-                self._lent_bytes -= seg.size
-        if seg is not None:
-            seg.close()
-            seg.unlink()
 
     def segments(self) -> int:
         """Segments this arena holds now (lent + idle): for leak checks."""
