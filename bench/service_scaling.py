@@ -138,9 +138,12 @@ def paired_latency_ms(first, second, data: bytes, n: int = 16) -> dict:
 
 
 def _busy(svc) -> dict[str, float]:
-    """Seconds all workers of ``svc`` spent so far, by phase (``busy``, ``read``, ``decode``, ``export``)."""
-    workers = svc.stats()["workers"]
-    return {k.removesuffix("_s"): sum(w[k] for w in workers) for k in workers[0] if k.endswith("_s")}
+    """Seconds all workers of ``svc`` spent so far, by phase (``busy``, ``read``, ``decode``, ``export``), and this
+    process on its side of them (``caller_input``: bytes into shared memory, ``caller_open``: opening results)."""
+    stats = svc.stats()
+    workers = stats["workers"]
+    return {**{k.removesuffix("_s"): sum(w[k] for w in workers) for k in workers[0] if k.endswith("_s")},
+            **{k.removesuffix("_s"): v for k, v in stats.items() if k.startswith("caller_")}}
 
 
 def _client(address: str, data: bytes, idx: list[int], threads: int, videos: int, go, out) -> None:
@@ -292,7 +295,7 @@ def main() -> None:
 def write(results: list[dict], meta: dict, out: str | None, note: str = "") -> None:
     """Print the table; with ``out``, write it (.md), the data (.json) and the plot (.png) beside it."""
     rows = ["| arm | GPUs | workers/GPU | videos/s | x same arm, fewest GPUs | x in-process, 1 GPU | caller CPU-ms/video |"
-            " worker CPU-ms/video | ms, one at a time (in the worker: reading input, decoding, exporting; ping) |", "|---|---|---|---|---|---|---|---|---|"]
+            " worker CPU-ms/video | ms, one at a time (in the worker: reading input, decoding, exporting; ping; here: input into shared memory, opening the result) |", "|---|---|---|---|---|---|---|---|---|"]
     fewest = min(r["gpus"] for r in results)
     base = {(r["arm"], r["workers_per_gpu"]): r["videos_per_s"] for r in results if r["gpus"] == fewest}
     one_gpu = next((r["videos_per_s"] for r in results if r["arm"] == "in-process" and r["gpus"] == 1), float("nan"))
@@ -338,6 +341,8 @@ def _latency(r: dict) -> str:
     if "worker_ms_c1" not in r:  # in-process: its decode share, for the worker's to be compared with
         return f"{r['latency_ms_c1']:.1f}" + (f" ({', '.join(parts)})" if parts else "")
     ping = f"; ping {r['ping_ms_c1']:.2f}" if "ping_ms_c1" in r else ""  # (absent from lines a cut run printed short)
+    ping += "".join(f"; {k.removeprefix('caller_')} here {r[f'{k}_ms_c1']:.2f}" for k in ("caller_input", "caller_open")
+                    if f"{k}_ms_c1" in r)
     paired = (f"; paired with in-process: {r['paired_service_ms_c1']:.1f} vs {r['paired_in_process_ms_c1']:.1f}, "
               f"{r['paired_overhead_ms_c1']:+.1f}" if "paired_overhead_ms_c1" in r else "")
     return (f"{r['latency_ms_c1']:.1f} (worker {r['worker_ms_c1']:.1f}{': ' if parts else ''}{', '.join(parts)}{ping})"

@@ -128,8 +128,14 @@ class _bound:
         _driver().cuCtxPopCurrent_v2(ctypes.byref(ctypes.c_void_p()))
 
 
+_uuids: dict[int, str] = {}
+
+
 def _device_uuid(index: int) -> str:
-    return str(torch.cuda.get_device_properties(index).uuid)
+    uuid = _uuids.get(index)
+    if uuid is None:
+        uuid = _uuids[index] = str(torch.cuda.get_device_properties(index).uuid)
+    return uuid
 
 
 def _local_device(uuid: str) -> int:
@@ -197,7 +203,8 @@ def _alive(pid: int) -> bool:
 @dataclass
 class _Lease:
     tensor: torch.Tensor | None
-    event: torch.cuda.Event
+    event: tuple[int, torch.cuda.Event, bytes]
+    """(device, interprocess event recorded after the last write, its IPC handle): back to the pool when it ends."""
     open_deadline: float
     max_hold: float | None
     generation: int
@@ -213,6 +220,9 @@ class _Producer:
         path = os.path.join(_table_dir(), f"mmprep-ipc-{self.pid}-{secrets.token_hex(4)}")
         self.table = _Table(path, create=True)
         self.leases: dict[int, _Lease] = {}
+        self.events: list[tuple[int, torch.cuda.Event, bytes]] = []
+        """Interprocess events of ended leases, for reuse: making one and its IPC handle costs a few driver calls
+        per share, and consumers keep the events they opened (``open``), so a reused one costs them nothing."""
         self.generations = [0] * _SLOTS
         self.cond = threading.Condition()
         self._next = 0
@@ -227,7 +237,17 @@ class _Producer:
         except FileNotFoundError:
             pass
 
-    def add(self, tensor: torch.Tensor, event: torch.cuda.Event, timeout: float,
+    def event(self, dev: int) -> tuple[int, torch.cuda.Event, bytes]:
+        """An interprocess event on ``dev`` no lease uses (one of an ended lease, or a new one)."""
+        with self.cond:
+            for i in range(len(self.events) - 1, -1, -1):
+                if self.events[i][0] == dev:
+                    return self.events.pop(i)
+        event = torch.cuda.Event(interprocess=True)
+        event.record(torch.cuda.current_stream(dev))  # made on first record; its IPC handle exists from then on
+        return dev, event, bytes(event.ipc_handle())
+
+    def add(self, tensor: torch.Tensor, event: tuple[int, torch.cuda.Event, bytes], timeout: float,
             max_hold: float | None) -> tuple[int, int]:
         with self.cond:
             for k in range(_SLOTS):
@@ -247,6 +267,8 @@ class _Producer:
     def _drop(self, slot: int, why: str) -> None:
         lease = self.leases.pop(slot)
         lease.tensor = None
+        # the consumer queued its wait on the event when it opened the handle: recording it again cannot hold it up
+        self.events.append(lease.event)
         self.generations[slot] = (self.generations[slot] + 1) & 0xFFFFFFFF
         self.table.set_generation(slot, self.generations[slot])
         self.table.set_state(slot, _FREE, pid=0)
@@ -316,14 +338,14 @@ def share(tensor: torch.Tensor, *, timeout: float = 60.0, max_hold: float | None
                "cuMemGetAddressRange")
         h = _IpcMemHandle()
         _check(lib.cuIpcGetMemHandle(ctypes.byref(h), base), "cuIpcGetMemHandle")
-    event = torch.cuda.Event(interprocess=True)
-    event.record(torch.cuda.current_stream(dev))
     p = _get_producer()
+    event = p.event(dev)
+    event[1].record(torch.cuda.current_stream(dev))
     slot, gen = p.add(tensor, event, timeout, max_hold)
     return Handle(
         mem=bytes(h.reserved), offset=tensor.data_ptr() - base.value, device_uuid=_device_uuid(dev),
         shape=tuple(tensor.shape), stride=tuple(tensor.stride()), dtype=str(tensor.dtype).removeprefix("torch."),
-        nbytes_span=span, event=bytes(event.ipc_handle()), table=p.table.path, slot=slot, generation=gen,
+        nbytes_span=span, event=event[2], table=p.table.path, slot=slot, generation=gen,
         producer_pid=os.getpid(),
     )
 
@@ -364,7 +386,10 @@ _maps: dict[tuple[bytes, int], list[int]] = {}  # (mem handle, device) -> [base 
 # at most MMPREP_IPC_IDLE_MAPPINGS (default 16) stay open.
 _idle: "OrderedDict[tuple[bytes, int], int]" = OrderedDict()
 _idle_floor = [0]  # raised by keep_idle_mappings
-_counts = {"opened": 0, "mapped": 0, "unmapped": 0}
+# Producers reuse their events (``_Producer.events``): the ones opened here stay open, keyed by producer and handle.
+_events: "OrderedDict[tuple[int, int, bytes], torch.cuda.Event]" = OrderedDict()
+_MAX_EVENTS = 1024
+_counts = {"opened": 0, "mapped": 0, "unmapped": 0, "events": 0}
 
 
 def keep_idle_mappings(n: int) -> None:
@@ -380,7 +405,8 @@ def keep_idle_mappings(n: int) -> None:
 
 def consumer_stats() -> dict[str, int]:
     """Consumer side, since the process started: handles opened, allocations mapped (``cuIpcOpenMemHandle``,
-    ~1 ms each) and unmapped. ``mapped`` well below ``opened`` means the mapping cache is doing its job."""
+    ~1 ms each) and unmapped, producers' events opened. ``mapped`` and ``events`` well below ``opened`` mean the
+    caches are doing their job."""
     with _consumer_lock:
         return dict(_counts)
 
@@ -487,12 +513,25 @@ def open(handle: Handle) -> torch.Tensor:  # noqa: A001 - the issue's name for i
     dtype = getattr(torch, handle.dtype)
     with torch.cuda.device(dev):
         raw = torch.as_tensor(mapping, device=f"cuda:{dev}")
-        event = torch.cuda.Event.from_ipc_handle(dev, handle.event)
-        torch.cuda.current_stream(dev).wait_event(event)
+        torch.cuda.current_stream(dev).wait_event(_opened_event(dev, handle))
     flat = raw.view(dtype)
     out = flat.as_strided(handle.shape, handle.stride, 0)
     del mapping
     return out
+
+
+def _opened_event(dev: int, handle: Handle) -> torch.cuda.Event:
+    """The producer's event behind ``handle``, opened once per event (its record is the one the wait sees)."""
+    key = (dev, handle.producer_pid, handle.event)
+    with _consumer_lock:
+        event = _events.pop(key, None)
+        if event is None:
+            event = torch.cuda.Event.from_ipc_handle(dev, handle.event)
+            _counts["events"] += 1
+        _events[key] = event
+        while len(_events) > _MAX_EVENTS:
+            _events.popitem(last=False)
+    return event
 
 
 def _take_own(handle: Handle) -> torch.Tensor:

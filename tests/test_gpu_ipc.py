@@ -218,10 +218,12 @@ def test_gpu_memory_budget_blocks_and_releases():
 
 
 def test_reopening_the_same_memory_reuses_the_mapping(consumer):
-    """Second hand-off of the same buffer: the consumer's cached mapping serves it, values fresh."""
+    """Second hand-off of the same buffer: the consumer's cached mapping and opened event serve it, and it still
+    waits for the producer's latest write (queued behind ~50 ms of GPU sleep, so a stale wait reads the old value)."""
     proc, conn = consumer
     buf = torch.zeros(1 << 16, device="cuda")
     for value in (1.0, 2.0, 3.0):
+        torch.cuda._sleep(100_000_000)
         buf.fill_(value)
         h = ipc.share(buf)
         conn.send(("use", pickle.dumps(h)))
@@ -231,7 +233,8 @@ def test_reopening_the_same_memory_reuses_the_mapping(consumer):
         assert ipc.wait_released(h, timeout=5)
     conn.send(("stats", None))
     status, counts = recv(conn)
-    assert counts == {"opened": 3, "mapped": 1, "unmapped": 0}, counts  # one cuIpcOpenMemHandle for three hand-offs
+    # one cuIpcOpenMemHandle and one event opened for three hand-offs
+    assert counts == {"opened": 3, "mapped": 1, "unmapped": 0, "events": 1}, counts
 
 
 def test_wait_idle_returns_after_the_streams_work():

@@ -59,10 +59,15 @@ def test_stats_count_the_time_workers_spend_on_requests(service):
     total = lambda key: sum(w[key] for w in service.stats()["workers"])  # noqa: E731
     keys = ("busy_s", "read_s", "decode_s", "export_s")
     busy, read, decoded, exported = (total(k) for k in keys)
+    here = service.stats()
+    t0 = time.perf_counter()
     service.decode_video(clip("h264", frames=24), num_frames=4)  # frames leave through shared memory
+    wall = time.perf_counter() - t0
     d_busy, d_read, d_decode, d_export = (total(k) - v for k, v in zip(keys, (busy, read, decoded, exported)))
     assert d_read == 0 and 0 < d_decode and 0 < d_export  # a video is read in place: no copy to count ...
     assert d_decode + d_export < d_busy  # ... and the phases are parts of the worker's time on it
+    d_input, d_open = (service.stats()[k] - here[k] for k in ("caller_input_s", "caller_open_s"))
+    assert 0 < d_input and 0 < d_open and d_input + d_open + d_busy < wall  # the caller's own share, beside it
     read = total("read_s")
     from .images import jpeg
 
@@ -116,6 +121,30 @@ def test_killed_worker_fails_only_its_requests_and_is_replaced(service):
     assert after["pid"] != victim["pid"] and after["restarts"] == victim["restarts"] + 1
     assert service.ping(worker=0) >= 1  # the replacement serves
     assert service.decode_video(clip("h264", frames=24), num_frames=2).frames.shape[0] == 2
+
+
+def _exited(pid: int) -> bool:
+    """Whether ``pid`` has exited with all its threads (its leader turns zombie before the other threads let go
+    of the open files)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            zombie = f.read().rsplit(b")", 1)[1].split()[0] in (b"Z", b"X")
+        return zombie and len(os.listdir(f"/proc/{pid}/task")) <= 1
+    except FileNotFoundError:
+        return True
+
+
+def test_a_request_sent_to_a_worker_that_just_died_waits_for_its_replacement():
+    """Killed, then asked at once (before the service noticed): the request never reached the dead worker, so it goes
+    to the replacement instead of failing."""
+    with MediaService(cpu_workers=1) as s:
+        for round_ in range(5):
+            pid = s.stats()["workers"][0]["pid"]
+            os.kill(pid, signal.SIGKILL)
+            while not _exited(pid):
+                time.sleep(0.0005)
+            assert s.ping() >= 1
+            assert s.stats()["workers"][0]["restarts"] == round_ + 1
 
 
 def test_hung_worker_is_killed_and_replaced():

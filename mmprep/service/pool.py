@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import itertools
 import logging
-import queue
 import threading
 import time
 import weakref
 from collections.abc import Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from multiprocessing.connection import wait as _wait_readable
 from typing import Any
 
 import torch
@@ -56,6 +56,10 @@ class _Worker:
     device: str
     process: Any = None
     requests: Any = None
+    """Our end of the pipe the worker reads requests from (written under ``sending``); closing it stops the worker."""
+    sending: threading.Lock = field(default_factory=threading.Lock)
+    responses: Any = None
+    """Our end of the pipe the worker answers on (read by the collector thread only)."""
     inflight: dict[int, tuple[Future, float]] = field(default_factory=dict)
     ready: threading.Event = field(default_factory=threading.Event)
     restarts: int = 0
@@ -148,12 +152,12 @@ class MediaService(ServiceApi):
         self.queue_depth, self.submit_timeout, self.hang_timeout = queue_depth, submit_timeout, hang_timeout
         self.start_timeout, self.lease_timeout, self.threads = start_timeout, lease_timeout, threads
         self._ctx = None
-        self._responses = None
         self._lock = threading.Lock()
         self._ids = itertools.count()
         self._collector: threading.Thread | None = None
         self._closing = threading.Event()
         self._arena = Arena()
+        self._caller_spent = {"input": 0.0, "open": 0.0}
         weakref.finalize(self, self._arena.trim)  # a service never closed leaves no idle segment at exit
 
     # -- life cycle -------------------------------------------------------------------------------
@@ -164,7 +168,6 @@ class MediaService(ServiceApi):
         import torch.multiprocessing as tmp
 
         self._ctx = tmp.get_context("spawn")
-        self._responses = self._ctx.Queue()
         for w in self._workers:
             self._launch(w)
         self._collector = threading.Thread(target=self._collect, name="mmprep-service", daemon=True)
@@ -182,12 +185,11 @@ class MediaService(ServiceApi):
     def close(self) -> None:
         """Stop the workers; requests still in flight fail with ``ServiceError``."""
         self._closing.set()
-        for w in self._workers:
-            if w.process is not None and w.process.is_alive():
-                try:
-                    w.requests.put_nowait(None)
-                except Exception:  # noqa: BLE001 - a full queue: the kill below ends it
-                    pass
+        with self._lock:
+            for w in self._workers:  # the worker reads EOF: it finishes the requests it runs and exits
+                _close_requests(w)
+        if self._collector is not None:
+            self._collector.join(5)
         for w in self._workers:
             if w.process is not None:
                 w.process.join(5)
@@ -195,8 +197,7 @@ class MediaService(ServiceApi):
                     w.process.kill()
                     w.process.join(5)
             self._fail(w, ServiceError("the service was closed"))
-        if self._collector is not None:
-            self._collector.join(5)
+            _close_pipes(w)
         self._collector = None
         self._arena.trim()
 
@@ -209,14 +210,17 @@ class MediaService(ServiceApi):
     def stats(self) -> dict[str, Any]:
         """Per worker: device, pid, requests in flight, restarts, requests answered and the seconds spent on them
         (``busy_s``, of which ``read_s`` copying inputs out of shared memory, ``decode_s`` decoding and ``export_s``
-        handing results out: a caller's wall time minus the worker's is the service's own overhead); and the
-        shared-memory segments this caller has made for inputs (``shm_created``: each costs ~8 CPU-ms per 6 MB)."""
+        handing results out: a caller's wall time minus the worker's is the service's own overhead); the seconds this
+        process spent on answered requests copying inputs into shared memory (``caller_input_s``) and opening results
+        (``caller_open_s``); and the shared-memory segments it made for inputs (``shm_created``: each costs ~8 CPU-ms
+        per 6 MB)."""
         with self._lock:
             return {"workers": [{"device": w.device, "pid": w.process.pid if w.process else None,
                                  "inflight": len(w.inflight), "restarts": w.restarts, "served": w.served,
                                  **{f"{k}_s": v for k, v in w.spent.items()}}
                                 for w in self._workers],
-                    "shm_created": self._arena.created}
+                    "shm_created": self._arena.created,
+                    **{f"caller_{k}_s": v for k, v in self._caller_spent.items()}}
 
     def _call(self, op: str, source: Source | SharedBytes | None, options: dict[str, Any], gpu: int | None,
               timeout: float | None, worker: int | None = None, opened: bool = True) -> dict[str, Any]:
@@ -225,10 +229,12 @@ class MediaService(ServiceApi):
         if self._collector is None:
             raise ServiceError("the service is not started: call start() or use it as a context manager")
         data = lent = None
+        t0 = time.perf_counter()
         if isinstance(source, SharedBytes):  # already in shared memory (the host service forwards its callers')
             data = source
         elif source is not None:
             data = lent = self._arena.put(read_source(source, max_bytes=settings().max_bytes))
+        t_input = time.perf_counter() - t0
         fut: Future = Future()
         rid = next(self._ids)
         w = None
@@ -246,7 +252,12 @@ class MediaService(ServiceApi):
             raise cls(payload[1])
         if status == "error":
             raise ServiceError(f"worker {w.index} ({w.device}) failed: {payload[0]}: {payload[1]}")
-        return {k: _import(v) for k, v in payload.items()} if opened else payload
+        t0 = time.perf_counter()
+        out = {k: _import(v) for k, v in payload.items()} if opened else payload
+        with self._lock:
+            self._caller_spent["input"] += t_input
+            self._caller_spent["open"] += time.perf_counter() - t0
+        return out
 
     def _dispatch(self, rid, op, data, options, fut, gpu, worker) -> _Worker:
         if worker is not None:
@@ -262,11 +273,25 @@ class MediaService(ServiceApi):
         deadline = time.monotonic() + self.submit_timeout
         while True:
             with self._lock:
-                for w in sorted(pool, key=lambda w: len(w.inflight)):  # least loaded first
-                    if len(w.inflight) < self.queue_depth and w.ready.is_set() and not w.broken:
-                        w.inflight[rid] = (fut, time.monotonic())
-                        w.requests.put((rid, op, data, options))
+                w = next((w for w in sorted(pool, key=lambda w: len(w.inflight))  # least loaded first
+                          if len(w.inflight) < self.queue_depth and w.ready.is_set() and not w.broken
+                          and w.requests is not None), None)
+                if w is not None:
+                    w.inflight[rid] = (fut, time.monotonic())  # before the send: the answer may come at once
+                    conn = w.requests
+            if w is not None:
+                try:
+                    with w.sending:  # not under the service's lock: a worker slow to read holds up its callers only
+                        conn.send((rid, op, data, options))
+                    return w
+                except OSError:  # it exited before reading this request: send it again, to another or the replacement
+                    with self._lock:
+                        mine = w.inflight.pop(rid, None) is not None  # else the collector already failed it
+                        if w.requests is conn:
+                            _close_requests(w)
+                    if not mine:
                         return w
+                    continue
             if time.monotonic() > deadline:
                 raise ServiceBusyError(f"every worker queue was full for {self.submit_timeout} s "
                                        f"(queue_depth={self.queue_depth}); retry later or add workers")
@@ -274,12 +299,18 @@ class MediaService(ServiceApi):
 
     # -- the collector thread ---------------------------------------------------------------------
     def _launch(self, w: _Worker) -> None:
+        """Start ``w``'s process with a pipe each way (a request or answer is one write and one read: no feeder
+        thread, and a dead end shows as EOF / a broken pipe)."""
         w.ready.clear()
-        w.requests = self._ctx.Queue()
-        w.process = self._ctx.Process(target=_worker.main, args=(w.index, w.device, w.requests, self._responses,
+        _close_pipes(w)
+        req_r, w.requests = self._ctx.Pipe(duplex=False)
+        w.responses, resp_w = self._ctx.Pipe(duplex=False)
+        w.process = self._ctx.Process(target=_worker.main, args=(w.index, w.device, req_r, resp_w,
                                                                   self.lease_timeout, self.threads),
                                       name=f"mmprep-worker-{w.index}", daemon=True)
         w.process.start()
+        req_r.close()  # the worker's ends: only its copies stay open, so its exit closes the pipes
+        resp_w.close()
 
     def _fail(self, w: _Worker, exc: BaseException) -> None:
         with self._lock:
@@ -289,26 +320,35 @@ class MediaService(ServiceApi):
                 fut.set_exception(exc)
 
     def _collect(self) -> None:
+        """Hand each worker's answers to their callers; every ``_CHECK_S`` also look for dead or hung workers."""
+        next_check = 0.0
         while not self._closing.is_set():
-            try:
-                rid, status, index, payload, spent = self._responses.get(timeout=0.05)
-            except queue.Empty:
+            readers = {w.responses: w for w in self._workers if w.responses is not None}
+            for conn in _wait_readable(list(readers), timeout=_CHECK_S):
+                w = readers[conn]
+                try:
+                    rid, status, payload, spent = conn.recv()
+                except (EOFError, OSError):  # it exited: the check below replaces it and fails its requests
+                    conn.close()
+                    w.responses = None
+                    continue
+                self._answered(w, rid, status, payload, spent)
+            if time.monotonic() >= next_check:
                 self._check_workers()
-                continue
-            except (EOFError, OSError):
-                return
-            if rid == "ready":
-                self._workers[index].early_exits = 0
-                self._workers[index].ready.set()
-                continue
-            with self._lock:
-                w = self._workers[index]
-                fut, _ = w.inflight.pop(rid, (None, 0.0))
-                w.served += 1
-                for k, v in spent.items():
-                    w.spent[k] = w.spent.get(k, 0.0) + v
-            if fut is not None and not fut.done():
-                fut.set_result((status, payload))
+                next_check = time.monotonic() + _CHECK_S
+
+    def _answered(self, w: _Worker, rid: Any, status: str, payload: Any, spent: dict[str, float]) -> None:
+        if rid == "ready":
+            w.early_exits = 0
+            w.ready.set()
+            return
+        with self._lock:
+            fut, _ = w.inflight.pop(rid, (None, 0.0))
+            w.served += 1
+            for k, v in spent.items():
+                w.spent[k] = w.spent.get(k, 0.0) + v
+        if fut is not None and not fut.done():
+            fut.set_result((status, payload))
 
     def _give_up(self, w: _Worker, why: str) -> None:
         """Stop restarting ``w``: it died ``_EARLY_EXITS`` times while starting; its requests fail."""
@@ -365,6 +405,28 @@ def keep_mappings_for(devices: Iterable[str]) -> None:
 
 
 _EARLY_EXITS = 3
+"""A worker that dies this many times in a row before it is ready is not started again."""
+
+_CHECK_S = 0.05
+"""How often the collector looks for dead or hung workers (also under load: answers do not delay it)."""
+
+
+def _close_requests(w: _Worker) -> None:
+    """Close our end of ``w``'s request pipe (callers hold the service's lock; a send in progress finishes first,
+    unless it is stuck on a worker that reads nothing: then the kill that follows ends it)."""
+    if w.requests is not None and w.sending.acquire(timeout=1.0):
+        try:
+            w.requests.close()
+            w.requests = None
+        finally:
+            w.sending.release()
+
+
+def _close_pipes(w: _Worker) -> None:
+    _close_requests(w)
+    if w.responses is not None:
+        w.responses.close()
+        w.responses = None
 """A worker that dies this many times in a row before it is ready is not started again."""
 
 

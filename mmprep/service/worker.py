@@ -1,7 +1,7 @@
 """One media worker process: owns one device (a GPU's NVDEC sessions, kernels and budget, or the CPU).
 
-Requests arrive as (id, op, ``SharedBytes`` naming the caller's shared memory, options); results leave as small messages
-(id, status, worker index, payload, seconds the worker spent on the request by phase: ``PHASES``):
+Requests arrive on a pipe as (id, op, ``SharedBytes`` naming the caller's shared memory, options); results leave on
+another as small messages (id, status, payload, seconds the worker spent on the request by phase: ``PHASES``):
 GPU tensors as ``mmprep.ipc`` handles (the memory stays here, leased to the caller), CPU tensors
 through torch's shared memory (small ones by value). Bad media come back as the ``MediaError`` subclass's name and text.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from multiprocessing.connection import Connection
 from typing import Any
 
 import torch
@@ -81,17 +81,25 @@ def export(result: dict[str, Any], lease_timeout: float) -> dict[str, Any]:
     return {k: _export(v, lease_timeout) if isinstance(v, torch.Tensor) else v for k, v in result.items()}
 
 
-def main(index: int, device: str, requests, responses, lease_timeout: float, threads: int = 8) -> None:
-    """Worker loop: warm up, say ready, then run requests on ``threads`` threads until a ``None`` arrives."""
+def main(index: int, device: str, requests: Connection, responses: Connection, lease_timeout: float,
+         threads: int = 8) -> None:
+    """Worker loop: warm up, say ready, then run requests on ``threads`` threads until the caller's end of the
+    request pipe closes (``close()``, or the caller exited)."""
     import mmprep
     from mmprep.errors import MediaError
+
+    send_lock = threading.Lock()  # the threads answer on one pipe; this process is its only writer
+
+    def answer(msg: tuple) -> None:
+        with send_lock:
+            responses.send(msg)
 
     if device.startswith("cuda"):
         torch.cuda.set_device(torch.device(device))
         from mmprep import kernels
 
         kernels.fused(wait=True)  # built once per machine (cached on disk), loaded per worker
-    responses.put(("ready", "ready", index, None, dict.fromkeys(PHASES, 0.0)))
+    answer(("ready", "ready", None, dict.fromkeys(PHASES, 0.0)))
     del mmprep
 
     def serve(rid, op, data, options) -> None:
@@ -122,11 +130,29 @@ def main(index: int, device: str, requests, responses, lease_timeout: float, thr
                 _running[0] -= 1
         t2 = time.perf_counter()
         spent["busy"], spent["export"] = t2 - t0, (t2 - t1 if status == "ok" else 0.0)
-        responses.put((rid, status, index, payload, spent))
+        try:
+            answer((rid, status, payload, spent))
+        except OSError:  # the caller is gone: nobody to answer (the main loop sees EOF and ends)
+            pass
 
-    with ThreadPoolExecutor(threads, thread_name_prefix=f"mmprep-worker-{index}") as pool:
+    stop, reading = threading.Event(), threading.Lock()
+
+    def take_requests() -> None:
+        """Read the next request and run it, on each of ``threads`` threads in turn (leader/follower): a request that
+        finds a thread idle runs on the thread that read it, without a hand-off between threads."""
         while True:
-            msg = requests.get()
-            if msg is None:
-                return
-            pool.submit(serve, *msg)
+            with reading:
+                if stop.is_set():
+                    return
+                try:
+                    msg = requests.recv()
+                except (EOFError, OSError):  # the caller closed the service or exited
+                    stop.set()
+                    return
+            serve(*msg)
+
+    runners = [threading.Thread(target=take_requests, name=f"mmprep-worker-{index}-{i}") for i in range(threads)]
+    for t in runners:
+        t.start()
+    for t in runners:  # the requests already running finish first
+        t.join()
