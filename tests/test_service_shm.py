@@ -4,7 +4,8 @@ import os
 
 import pytest
 
-from mmprep.service.shm import Arena, Attached, Mapped
+from mmprep.service import shm
+from mmprep.service.shm import PARALLEL_COPY_BYTES, Arena, Attached, Mapped
 
 
 def _segments() -> set[str]:
@@ -22,6 +23,21 @@ def test_a_segment_is_reused_and_read_back_at_the_size_sent():
     assert arena.segments() == 1
     arena.trim()
     assert arena.segments() == 0
+
+
+@pytest.mark.parametrize("size", [PARALLEL_COPY_BYTES - 1, PARALLEL_COPY_BYTES, 6_180_177, (8 << 20) - 3])
+@pytest.mark.parametrize("slices", [1, 4])
+def test_large_inputs_copied_in_slices_arrive_whole(size, slices, monkeypatch):
+    """Inputs from ``PARALLEL_COPY_BYTES`` on are copied in ``COPY_SLICES`` slices on several threads: every byte
+    lands in place, whatever the remainder of the last slice (a memoryview source too)."""
+    monkeypatch.setattr(shm, "COPY_SLICES", slices)  # this machine's own choice may be 1
+    payload = os.urandom(size)
+    arena, worker = Arena(), Attached()
+    for src in (payload, memoryview(payload)):
+        ref = arena.put(src)
+        assert ref.size == size and worker.read(ref) == payload
+        arena.give_back(ref)
+    arena.trim()
 
 
 def test_a_view_reads_the_segment_in_place_and_lives_through_evictions():

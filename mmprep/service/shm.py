@@ -9,9 +9,11 @@ mapped (``Attached``).
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +27,48 @@ import torch
 __all__ = ["SharedBytes", "Arena", "Attached", "Mapped", "to_bytes", "from_bytes"]
 
 _MIN_SEGMENT = 1 << 20
+
+COPY_SLICES = max(1, min(4, (os.cpu_count() or 1) // 4))
+"""Inputs of ``PARALLEL_COPY_BYTES`` or more are copied in this many slices at once (4 from 16 cores; 1, a plain copy,
+below 8): one thread copied 6 MB in 0.52 ms on an H200 host, four in 0.26-0.28 (2026-11-28; 16 and 64 cores), and the
+copy is on every request's path. On a 2-core box four slices were slower (0.62 vs 0.47 ms)."""
+PARALLEL_COPY_BYTES = 2 << 20
+
+_copier: tuple[int, ThreadPoolExecutor] | None = None
+_copier_lock = threading.Lock()
+
+
+def _copy_pool() -> ThreadPoolExecutor:
+    """Threads for the other slices of a copy (made again in a forked child, where the parent's threads are gone)."""
+    global _copier
+    with _copier_lock:
+        if _copier is None or _copier[0] != os.getpid():
+            _copier = (os.getpid(), ThreadPoolExecutor(COPY_SLICES - 1, thread_name_prefix="mmprep-copy"))
+        return _copier[1]
+
+
+def copy_in(buf: memoryview, data: bytes | memoryview) -> None:
+    """``buf[:len(data)] = data``, large inputs in ``COPY_SLICES`` slices on as many threads (memmove without the GIL)."""
+    n = len(data)
+    if n < PARALLEL_COPY_BYTES or COPY_SLICES == 1:
+        buf[:n] = data
+        return
+    dst = np.frombuffer(buf, dtype=np.uint8, count=n)
+    src = np.frombuffer(data, dtype=np.uint8, count=n)
+    to, frm = dst.ctypes.data, src.ctypes.data
+    step = -(-n // COPY_SLICES)
+    try:
+        pool, rest = _copy_pool(), []
+        for i in range(step, n, step):
+            try:
+                rest.append(pool.submit(ctypes.memmove, to + i, frm + i, min(step, n - i)))
+            except RuntimeError:  # no new threads while the interpreter exits: copy it here
+                ctypes.memmove(to + i, frm + i, min(step, n - i))
+        ctypes.memmove(to, frm, step)
+        for f in rest:
+            f.result()
+    finally:
+        del dst, src  # the segment cannot close while an array still exports its buffer
 
 
 @dataclass(frozen=True)
@@ -97,7 +141,7 @@ class Arena:
                 self.created += 1
         if seg is None:
             seg = SharedMemory(create=True, size=size)
-        seg.buf[: len(data)] = data
+        copy_in(seg.buf, data)
         with self._lock:
             self._lent[seg.name] = seg
             self._lent_bytes += seg.size
