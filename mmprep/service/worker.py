@@ -132,8 +132,10 @@ def main(index: int, device: str, requests: Connection, responses: Connection, l
         spent["busy"], spent["export"] = t2 - t0, (t2 - t1 if status == "ok" else 0.0)
         try:
             answer((rid, status, payload, spent))
-        except OSError:  # the caller is gone: nobody to answer (the main loop sees EOF and ends)
+        except OSError:  # the caller is gone: nobody to answer (the readers see EOF and end)
             pass
+        except Exception as e:  # noqa: BLE001 - e.g. a result that does not pickle: the caller still gets an answer
+            answer((rid, "error", (type(e).__name__, f"the answer could not be sent: {e}"), spent))
 
     stop, reading = threading.Event(), threading.Lock()
 
