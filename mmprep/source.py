@@ -68,9 +68,10 @@ class _ViewFile(io.RawIOBase):
         return out
 
     def readinto(self, b) -> int:  # noqa: ANN001 - any writable buffer
-        chunk = self.read(len(b))
-        b[:len(chunk)] = chunk
-        return len(chunk)
+        n = max(0, min(len(b), len(self._view) - self._pos))
+        b[:n] = self._view[self._pos:self._pos + n]  # straight from the view: no bytes object in between
+        self._pos += n
+        return n
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
         base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._view)}[whence]

@@ -78,6 +78,21 @@ def test_a_contiguous_memoryview_is_read_in_place():
     assert read_source(memoryview(b"abcdef")[::2], max_bytes=100) == b"ace"  # not contiguous: a copy
 
 
+def test_a_view_file_reads_and_seeks_like_a_bytes_file():
+    """``open_buffer`` of a memoryview (what PyAV reads from in a service worker) behaves as ``io.BytesIO`` would."""
+    from mmprep.source import open_buffer
+
+    data = bytes(range(10))
+    f, ref = open_buffer(memoryview(data)), io.BytesIO(data)
+    for g in (f, ref):
+        g.seek(3)
+    into, want = bytearray(4), bytearray(4)
+    assert (f.readinto(into), into) == (ref.readinto(want), want)
+    assert f.read(2) == ref.read(2) and f.tell() == ref.tell() == 9
+    assert (f.readinto(into), f.readinto(into)) == (1, 0) and into[0] == 9  # short at the end, then nothing
+    assert f.seek(-4, io.SEEK_END) == 6 and f.read() == data[6:]
+
+
 def test_explicit_indices_any_order_with_repeats():
     data = clip("h264", frames=48)
     v = mmprep.decode_video(data, indices=[30, 2, 30, 47], device="cpu")

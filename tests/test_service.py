@@ -126,10 +126,10 @@ def test_killed_worker_fails_only_its_requests_and_is_replaced(service):
 def _exited(pid: int) -> bool:
     """Whether ``pid`` has exited with all its threads (its leader turns zombie before the other threads let go
     of the open files)."""
+    from mmprep.ipc import _alive  # a zombie counts as gone there
+
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            zombie = f.read().rsplit(b")", 1)[1].split()[0] in (b"Z", b"X")
-        return zombie and len(os.listdir(f"/proc/{pid}/task")) <= 1
+        return not _alive(pid) and len(os.listdir(f"/proc/{pid}/task")) <= 1
     except FileNotFoundError:
         return True
 
