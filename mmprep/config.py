@@ -89,9 +89,11 @@ class Settings:
     """GPU ordinals the NVDEC pool may use; None means all visible GPUs."""
     disable_nvdec: bool
     """Force the CPU backend for ``device="auto"``."""
-    nvdec_split: bool
+    nvdec_split: str
     """Decode the two halves of a long plan (cut at a keyframe) on two NVDEC sessions at once when a
-    second one is free: lower latency at low load, unchanged throughput at full load."""
+    second one is free: lower latency at low load, unchanged throughput at full load. "threads" (default): the
+    second half on a helper thread; "interleave": one thread feeds both sessions a packet at a time (no GIL
+    hand-offs between threads); "off": one pass on one session."""
     nvdec_backend: str
     """"cuvid": mmprep's own binding of the driver's NVDEC API, which maps only sampled pictures (default where
     the driver's libnvcuvid loads); "pynvvideocodec": PyNvVideoCodec's decoder, which maps and copies every
@@ -143,7 +145,9 @@ def settings() -> Settings:
         nvdec_sessions_per_gpu=_int("MMPREP_NVDEC_SESSIONS_PER_GPU", 0),
         nvdec_devices=_devices("MMPREP_NVDEC_DEVICES"),
         disable_nvdec=_bool("MMPREP_DISABLE_NVDEC", False),
-        nvdec_split=_bool("MMPREP_NVDEC_SPLIT", True),
+        nvdec_split=_choice("MMPREP_NVDEC_SPLIT", "threads", {
+            **dict.fromkeys(("1", "true", "yes", "on", "threads"), "threads"), "interleave": "interleave",
+            **dict.fromkeys(("0", "false", "no", "off"), "off")}),
         nvdec_backend=_choice("MMPREP_NVDEC_BACKEND", "cuvid", {"cuvid": "cuvid", "pynvvideocodec": "pynvvideocodec"}),
         nvdec_display_delay=_int("MMPREP_NVDEC_DISPLAY_DELAY", 2, maximum=16),
         cpu_threads=_int("MMPREP_CPU_THREADS", 0),

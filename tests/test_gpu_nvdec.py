@@ -132,34 +132,43 @@ def test_sixteen_threads_concurrently_and_pool_bounded():
         assert st["live"][g] <= st["size"][g] and st["busy"][g] == 0
 
 
-def test_split_decode_on_two_sessions_equals_one_pass(monkeypatch):
-    """A long plan cut at a keyframe runs on two sessions at once; the frames are those of one pass."""
+@pytest.mark.parametrize("backend", ["cuvid", "pynvvideocodec"])
+@pytest.mark.parametrize("split", ["threads", "interleave"])
+def test_split_decode_on_two_sessions_equals_one_pass(monkeypatch, split, backend):
+    """A long plan cut at a keyframe runs on two sessions at once (the second half on a helper thread, or both fed
+    by one thread in turn); the frames are those of one pass."""
     import time
 
+    import mmprep.decode.video_nvdec as vn
     from mmprep.config import settings
 
+    monkeypatch.setenv("MMPREP_NVDEC_BACKEND", backend)
+    monkeypatch.setattr(vn, "_pool", None)  # sessions of this backend
     data = clip("h264", width=1280, height=720, frames=240, gop=60, bframes=3)
     timed = {}
     got = {}
-    for split in ("1", "0"):
-        monkeypatch.setenv("MMPREP_NVDEC_SPLIT", split)
+    for mode in (split, "0"):
+        monkeypatch.setenv("MMPREP_NVDEC_SPLIT", mode)
         settings.cache_clear()
         mmprep.decode_video(data, device="cuda")  # warm both sessions
         helpers = get_pool().stats()["helpers"]
         t0 = time.perf_counter()
         v = mmprep.decode_video(data, device="cuda")
         torch.cuda.synchronize()
-        timed[split] = time.perf_counter() - t0
-        got[split] = (v, get_pool().stats()["helpers"] - helpers)
-    settings.cache_clear()
-    (on, lent_on), (off, lent_off) = got["1"], got["0"]
-    report("nvdec_split", ms_split=1000 * timed["1"], ms_one_pass=1000 * timed["0"])
+        timed[mode] = time.perf_counter() - t0
+        got[mode] = (v, get_pool().stats()["helpers"] - helpers)
+    (on, lent_on), (off, lent_off) = got[split], got["0"]
+    report(f"nvdec_split_{split}_{backend}", ms_split=1000 * timed[split], ms_one_pass=1000 * timed["0"])
     assert (lent_on, lent_off) == (1, 0)
     assert torch.equal(on.frames, off.frames)
     assert [read_index(f) for f in on.frames.cpu().numpy()] == list(range(240))
+    monkeypatch.setenv("MMPREP_NVDEC_SPLIT", split)
+    settings.cache_clear()
     for kwargs in ({"num_frames": 16}, {"indices": [239, 0, 130, 61, 61]}):
         part = mmprep.decode_video(data, device="cuda", **kwargs)
         assert torch.equal(part.frames, off.frames[part.indices])
+    monkeypatch.undo()
+    settings.cache_clear()
 
 
 def test_sessions_are_reused_across_calls():
@@ -220,6 +229,42 @@ def test_hostile_inputs_on_cuda_leave_no_leak():
     assert sum(after["live"].values()) <= sum(after["size"].values())
     v = mmprep.decode_video(good, num_frames=4, device="cuda")
     assert [read_index(f) for f in v.frames.cpu().numpy()] == v.indices
+
+
+@pytest.mark.parametrize("split", ["threads", "interleave"])
+def test_a_split_decode_of_a_damaged_stream_leaves_no_leak(monkeypatch, split):
+    """Garbage in the second half of a long stream (the helper session's part): a MediaError or frames, and either
+    way both sessions go back to the pool and the GPU memory to its baseline."""
+    from mmprep.config import settings
+
+    monkeypatch.setenv("MMPREP_NVDEC_SPLIT", split)
+    settings.cache_clear()
+    good = clip("h264", width=640, height=360, frames=240, gop=60, bframes=3)
+    mmprep.decode_video(good, device="cuda")  # warm: both sessions + allocator
+    torch.cuda.synchronize()
+    pool = get_pool()
+    base_mem, helpers = torch.cuda.memory_allocated(), pool.stats()["helpers"]
+    outcomes = []
+    for seed in range(6):
+        garbled = bytearray(good)
+        rng = np.random.default_rng(seed)
+        lo, hi = len(good) * 6 // 10, len(good) * 9 // 10
+        garbled[lo:hi] = rng.integers(0, 256, hi - lo, dtype=np.uint8).tobytes()
+        try:
+            mmprep.decode_video(bytes(garbled), device="cuda")
+            outcomes.append("frames")
+        except mmprep.MediaError as e:
+            outcomes.append(type(e).__name__)
+    torch.cuda.synchronize()
+    after = pool.stats()
+    report(f"split_damaged_{split}", outcomes=outcomes, helpers=after["helpers"] - helpers)
+    assert after["helpers"] > helpers  # the damaged streams did take the split path
+    assert all(v == 0 for v in after["busy"].values())
+    assert torch.cuda.memory_allocated() == base_mem
+    v = mmprep.decode_video(good, device="cuda")
+    assert [read_index(f) for f in v.frames.cpu().numpy()] == list(range(240))
+    monkeypatch.undo()
+    settings.cache_clear()
 
 
 def test_fused_kernel_matches_torch_path():

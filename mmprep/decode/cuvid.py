@@ -15,7 +15,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Generator, Iterable
 from typing import Any
 from ctypes import POINTER, Structure, byref, c_int, c_longlong, c_short, c_ubyte, c_uint, c_ulong, c_ulonglong, \
     c_ushort, c_void_p
@@ -271,14 +271,22 @@ class CuvidDecoder:
         self.handle, self.surfaces, self.made = handle, surfaces, (*want, w, h, disp)
         return surfaces
 
-    def decode(self, codec: str, packets: Iterable[tuple[int, int, int]], pick: Callable[[int, int], Any],
-               use: Callable[[torch.Tensor, Any], None]) -> int:
+    def current(self) -> "_Current":
+        """A context manager making this decoder's GPU context current on the calling thread (what ``steps``
+        needs around each step)."""
+        return _Current(self.api, self.gpu)
+
+    def steps(self, codec: str, packets: Iterable[tuple[int, int, int]], pick: Callable[[int, int], Any],
+              use: Callable[[torch.Tensor, Any], None]) -> Generator[None, None, int]:
         """Parse and decode ``packets`` — (address, size, pts) of Annex-B / raw frame data that stays alive
-        while it is parsed — then flush. Each picture shown calls ``pick(its pts, pictures shown before it)`` (the
-        parser hands out the timestamps it was given in display order, so they must be presentation times); where
-        that returns something, ``use(surface, it)`` gets the mapped picture, (H + ceil(H/2), W) NV12 uint8 or
-        P016 uint16 with rows ``pitch`` apart, valid until ``use`` returns (work it queued on ``self.stream`` is
-        waited for). Returns pictures shown."""
+        while it is parsed — then flush, one packet per step: a generator that yields after each packet (and after
+        the flush) and returns the pictures shown, so that one thread can drive several decoders of one GPU in
+        turn. Run each step inside ``current()`` (one context push around a whole loop, not one per packet);
+        closing the generator early destroys the parser. Each picture shown calls ``pick(its pts, pictures shown
+        before it)`` (the parser hands out the timestamps it was given in display order, so they must be
+        presentation times); where that returns something, ``use(surface, it)`` gets the mapped picture,
+        (H + ceil(H/2), W) NV12 uint8 or P016 uint16 with rows ``pitch`` apart, valid until ``use`` returns
+        (``use`` runs with ``self.stream`` current; the work it queued there is waited for)."""
         api = self.api
         errors: list[BaseException] = []
         shown = [0]
@@ -321,11 +329,13 @@ class CuvidDecoder:
                     h, w = bottom - top, right - left
                     item = 1 if self.made[1] == 0 else 2
                     chroma_row = h + h % 2  # the chroma plane starts at an even row
-                    view = torch.as_tensor(_Surface(ptr.value, chroma_row + (h + 1) // 2, w + w % 2, pitch.value, item),
-                                           device=f"cuda:{self.gpu}")  # odd width: the last chroma pair is 1 wider
-                    if h % 2:  # odd height (a cropped stream): drop the padding row between the planes (a copy)
-                        view = torch.cat([view[:h], view[chroma_row:]])
-                    use(view[:, :w], picked)
+                    with torch.cuda.device(self.gpu), torch.cuda.stream(self.stream):  # the copy below, and ``use``
+                        # odd width: the last chroma pair is one column wider than the picture
+                        view = torch.as_tensor(_Surface(ptr.value, chroma_row + (h + 1) // 2, w + w % 2, pitch.value,
+                                                        item), device=f"cuda:{self.gpu}")
+                        if h % 2:  # odd height (a cropped stream): drop the padding row between the planes (a copy)
+                            view = torch.cat([view[:h], view[chroma_row:]])
+                        use(view[:, :w], picked)
                 finally:  # what ``use`` queued reads the surface: let it finish before the surface is reused
                     synced = api.cuStreamSynchronize(c_void_p(self.stream.cuda_stream))
                     api.cuvidUnmapVideoFrame64(self.handle, ptr.value)
@@ -342,16 +352,20 @@ class CuvidDecoder:
         parser = c_void_p()
         with _Current(api, self.gpu):
             api.check(api.cuvidCreateVideoParser(byref(parser), byref(params)), "cuvidCreateVideoParser")
-            def parse(pkt: _Packet) -> None:
-                rc = api.cuvidParseVideoData(parser, byref(pkt))
-                if errors:  # a callback's exception says more than the parser's code
-                    raise errors[0]
-                api.check(rc, "cuvidParseVideoData")
 
-            try:
-                for addr, size, pts in packets:
-                    parse(_Packet(flags=_PKT_TIMESTAMP, payload_size=size, payload=addr, timestamp=pts))
-                parse(_Packet(flags=_PKT_ENDOFSTREAM))
-            finally:
+        def parse(pkt: _Packet) -> None:
+            rc = api.cuvidParseVideoData(parser, byref(pkt))
+            if errors:  # a callback's exception says more than the parser's code
+                raise errors[0]
+            api.check(rc, "cuvidParseVideoData")
+
+        try:
+            for addr, size, pts in packets:
+                parse(_Packet(flags=_PKT_TIMESTAMP, payload_size=size, payload=addr, timestamp=pts))
+                yield
+            parse(_Packet(flags=_PKT_ENDOFSTREAM))
+            yield
+        finally:
+            with _Current(api, self.gpu):
                 api.cuvidDestroyVideoParser(parser)
         return shown[0]

@@ -3,7 +3,8 @@
 Bytes are demuxed by PyNvVideoCodec's FFmpeg demuxer through a read callback (no temp file).
 Only the packets in the decode plan reach the decoder (skipped GOPs, skipped non-reference
 frames, nothing after the last sampled frame). A long plan is cut at a keyframe and its second half
-decodes on a second session at the same time when one is free (``sampling.split_feed``). The decoder is
+decodes on a second session at the same time when one is free (``sampling.split_feed``; on a helper thread, or
+with ``MMPREP_NVDEC_SPLIT=interleave`` fed by the same thread a packet at a time). The decoder is
 mmprep's binding of the driver's API (``cuvid``: only sampled pictures are mapped, each converted straight
 into the RGB result) or PyNvVideoCodec's (``MMPREP_NVDEC_BACKEND=pynvvideocodec``: every decoded picture
 comes out as a surface; the sampled ones are converted with the fused kernel, or copied as NV12 and
@@ -16,6 +17,7 @@ import contextlib
 import functools
 import logging
 import threading
+from collections.abc import Generator
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -230,19 +232,24 @@ def _decode(data: bytes, probe: Probe, plan: DecodePlan, count: int, gpu: int | 
         else:  # copy NV12 out, convert the batch at the end in torch
             dst = torch.empty((count, rows, 2 * ((info.width + 1) // 2)), dtype=torch.uint8, device=device)
         try:
-            halves = split_feed(probe, plan) if settings().nvdec_split else None
+            mode = settings().nvdec_split
+            halves = split_feed(probe, plan) if mode != "off" else None
             with pool.session(key, info.width, info.height, gpu=session.gpu, exact=exact, wait=False) if halves \
                     else contextlib.nullcontext() as helper:
                 if helper is None:  # no second decoder free (or nothing worth cutting): one pass
-                    filled = _decode_part(data, demuxer, probe, plan, plan.feed, session, kern, dst)
-                else:  # the second half on a helper session, at the same time, on the same GPU
+                    filled = _drive(session, _part(data, demuxer, probe, plan, plan.feed, session, kern, dst))
+                elif mode == "interleave":  # both halves on this thread, a packet to each session in turn
+                    filled = _drive(session, _part(data, demuxer, probe, plan, halves[0], session, kern, dst),
+                                    _part(data, None, probe, plan, halves[1], helper, kern, dst))
+                else:  # the second half on a helper thread, at the same time, on the same GPU
                     with ThreadPoolExecutor(1, thread_name_prefix="mmprep-nvdec") as ex:
-                        later = ex.submit(_decode_part, data, None, probe, plan, halves[1], helper, kern, dst)
+                        later = ex.submit(_drive, helper, _part(data, None, probe, plan, halves[1], helper, kern, dst))
                         try:
-                            filled = _decode_part(data, demuxer, probe, plan, halves[0], session, kern, dst)
+                            filled = _drive(session, _part(data, demuxer, probe, plan, halves[0], session, kern, dst))
                         finally:
                             filled_later = later.result()
                         filled += filled_later
+                if helper is not None:
                     caller_stream.wait_stream(helper.stream)
             if filled != count:
                 raise CorruptMediaError(f"NVDEC {info.codec} decoder produced {filled} of {count} requested frames")
@@ -265,11 +272,32 @@ def _demux(nvc, data: bytes):
         raise CorruptMediaError(f"NVDEC demuxer rejected the stream ({type(e).__name__}: {e})") from e
 
 
-def _decode_part(data: bytes, demuxer, probe: Probe, plan: DecodePlan, feed: list[int], session: Session, kern,
-                 dst: torch.Tensor) -> int:
+def _drive(session: Session, *parts: Generator[None, None, int]) -> int:
+    """Run the steps of ``parts`` (``_part`` generators on sessions of ``session``'s GPU) in turn on this thread until
+    all have finished; return the result slots they filled. On an error the others are closed (their parsers
+    destroyed, their streams waited for) before it propagates."""
+    filled = 0
+    live = list(parts)
+    with session.decoder.current() if isinstance(session.decoder, CuvidDecoder) else contextlib.nullcontext():
+        try:
+            while live:
+                for part in tuple(live):
+                    try:
+                        next(part)
+                    except StopIteration as done:
+                        filled += done.value
+                        live.remove(part)
+        finally:
+            for part in parts:
+                part.close()
+    return filled
+
+
+def _part(data: bytes, demuxer, probe: Probe, plan: DecodePlan, feed: list[int], session: Session, kern,
+          dst: torch.Tensor) -> Generator[None, None, int]:
     """Feed packets ``feed`` (a run of ``plan.feed`` that starts at a keyframe) of ``data`` to ``session``, read
-    by ``demuxer`` (a fresh one on ``data`` when None); write the wanted frames into ``dst`` (RGB with the fused
-    kernel, else NV12); return how many slots it filled."""
+    by ``demuxer`` (a fresh one on ``data`` when None), one packet per step (``_drive`` runs the steps); write the
+    wanted frames into ``dst`` (RGB with the fused kernel, else NV12); return how many slots it filled."""
     nvc = _nvc()
     info = probe.stream
     if demuxer is None:
@@ -282,18 +310,19 @@ def _decode_part(data: bytes, demuxer, probe: Probe, plan: DecodePlan, feed: lis
     pts_to_ordinal: dict[int, int] = {}  # decoders hand pictures out with the pts of their packet
 
     def put(frame: torch.Tensor, positions: list[int]) -> None:
-        """Write one sampled picture (a decoded surface) into its result slots."""
+        """Write one sampled picture (a decoded surface) into its result slots, on the session's stream."""
         nonlocal filled
         surface = _surface(frame, info.height, info.width)
-        if kern is not None:
-            head = dst[positions[0]]
-            kern.nv12_to_rgb(surface, info.height, info.width, head, coeffs, info.full_range)
-            for pos in positions[1:]:
-                dst[pos].copy_(head)
-        else:
-            surface = _to_nv12_8bit(surface)
-            for pos in positions:
-                dst[pos].copy_(surface)
+        with torch.cuda.device(session.gpu), torch.cuda.stream(session.stream):
+            if kern is not None:
+                head = dst[positions[0]]
+                kern.nv12_to_rgb(surface, info.height, info.width, head, coeffs, info.full_range)
+                for pos in positions[1:]:
+                    dst[pos].copy_(head)
+            else:
+                surface = _to_nv12_8bit(surface)
+                for pos in positions:
+                    dst[pos].copy_(surface)
         filled += len(positions)
 
     def slots(pts: int, shown: int) -> list[int] | None:
@@ -321,37 +350,39 @@ def _decode_part(data: bytes, demuxer, probe: Probe, plan: DecodePlan, feed: lis
             yield packet
 
     try:
-        with torch.cuda.device(session.gpu), torch.cuda.stream(session.stream):
-            try:
-                if isinstance(session.decoder, CuvidDecoder):  # NVDEC's parser reorders timestamps: send pts
-                    session.decoder.decode(info.codec, ((int(p.bsl_data), int(p.bsl), p.pts) for p in packets()),
-                                           slots, put)
-                else:
-                    _feed_pynvvideocodec(nvc, session, info, packets(), slots, put)
-            except (CorruptMediaError, _DemuxMismatch, _StaleSurface):
-                raise
-            except (nvc.PyNvVCExceptionUnsupported, CuvidUnsupported) as e:
-                _unsupported_here.add((session.gpu, info.codec, info.bit_depth))
-                raise UnsupportedCodecError(
-                    f"NVDEC on GPU {session.gpu} cannot decode {info.codec} {info.bit_depth}-bit "
-                    f"{info.width}x{info.height}: {' '.join(str(e).split())}"
-                ) from e
-            except Exception as e:
-                raise CorruptMediaError(f"NVDEC {info.codec} decode failed ({type(e).__name__}: {e})") from e
+        try:
+            if isinstance(session.decoder, CuvidDecoder):  # NVDEC's parser reorders timestamps: send pts
+                yield from session.decoder.steps(info.codec, ((int(p.bsl_data), int(p.bsl), p.pts) for p in packets()),
+                                                 slots, put)
+            else:
+                yield from _pynvvideocodec_steps(nvc, session, info, packets(), slots, put)
+        except (CorruptMediaError, _DemuxMismatch, _StaleSurface):
+            raise
+        except (nvc.PyNvVCExceptionUnsupported, CuvidUnsupported) as e:
+            _unsupported_here.add((session.gpu, info.codec, info.bit_depth))
+            raise UnsupportedCodecError(
+                f"NVDEC on GPU {session.gpu} cannot decode {info.codec} {info.bit_depth}-bit "
+                f"{info.width}x{info.height}: {' '.join(str(e).split())}"
+            ) from e
+        except Exception as e:
+            raise CorruptMediaError(f"NVDEC {info.codec} decode failed ({type(e).__name__}: {e})") from e
         return filled
     finally:
         wait_idle(session.stream)  # work queued into our buffers must land before their memory is reused
 
 
-def _feed_pynvvideocodec(nvc, session: Session, info, packets, slots, put) -> None:
-    """Decode ``packets`` on a PyNvVideoCodec decoder: every picture comes out as a surface; ``put`` the ones that
-    have ``slots``."""
+def _pynvvideocodec_steps(nvc, session: Session, info, packets, slots, put) -> Generator[None, None, None]:
+    """Decode ``packets`` on a PyNvVideoCodec decoder, one packet per step: every picture comes out as a surface;
+    ``put`` the ones that have ``slots``."""
     if session.width and (session.width, session.height) != (info.width, info.height):
-        session.decoder.setReconfigParams(info.width, info.height)
+        with torch.cuda.device(session.gpu):
+            session.decoder.setReconfigParams(info.width, info.height)
     shown = 0
 
-    def take(frames) -> None:
+    def take(packet) -> None:
         nonlocal shown
+        with torch.cuda.device(session.gpu), torch.cuda.stream(session.stream):
+            frames = session.decoder.Decode(packet)
         for frame in frames:
             positions = slots(frame.getPTS(), shown)
             shown += 1
@@ -359,5 +390,7 @@ def _feed_pynvvideocodec(nvc, session: Session, info, packets, slots, put) -> No
                 put(_frame_tensor(frame), positions)
 
     for packet in packets:
-        take(session.decoder.Decode(packet))
-    take(session.decoder.Decode(nvc.PacketData()))  # end of stream: flush the reorder queue
+        take(packet)
+        yield
+    take(nvc.PacketData())  # end of stream: flush the reorder queue
+    yield

@@ -1,0 +1,50 @@
+"""c=1 latency of decode + Qwen2-VL preprocess on GPU 0, in this process and in a service worker, for each way of
+running a split decode (``MMPREP_NVDEC_SPLIT``: the second half on a helper thread, both halves fed by one thread in
+turn, or no split): median ms of each path and of the paired difference, and this process's CPU ms per request.
+
+    python3 bench/c1_split_modes.py h264_1080p_gop250 11 [threads,interleave,off]   # clip, pairs, modes
+
+Run from the repository root; prints one JSON line per mode.
+"""
+import json, os, statistics, sys, time
+
+sys.path.insert(0, "bench")
+import torch
+
+from media import clip_path
+from util import PREPROCESS, decode_preprocess, sample32_of
+from mmprep.config import settings
+from mmprep.service import MediaService
+
+
+def main():
+    clip, n = sys.argv[1], int(sys.argv[2])
+    modes = sys.argv[3].split(",") if len(sys.argv) > 3 else ["threads", "interleave", "off"]
+    data = clip_path(clip).read_bytes()
+    idx = sample32_of(data)
+    for mode in modes:
+        os.environ["MMPREP_NVDEC_SPLIT"] = mode  # this process's next settings() and the workers spawned below
+        settings.cache_clear()
+        here = lambda: decode_preprocess(data, idx, "cuda:0")  # noqa: E731
+        with MediaService(gpus=[0], workers_per_gpu=1) as svc:
+            served = lambda: svc.preprocess_video(data, gpu=0, decode={"indices": idx}, **PREPROCESS)  # noqa: E731
+            for f in (here, served, here, served):
+                f()
+            a, b, cpu = [], [], []
+            for _ in range(n):
+                for f, out in ((here, a), (served, b)):
+                    c0, t0 = time.process_time(), time.perf_counter()
+                    f()
+                    torch.cuda.synchronize()
+                    out.append(1000 * (time.perf_counter() - t0))
+                    if f is here:
+                        cpu.append(1000 * (time.process_time() - c0))
+            decode_s = svc.stats()["workers"][0]["decode_s"]
+        med = lambda xs: round(statistics.median(xs), 1)  # noqa: E731
+        print(json.dumps({"clip": clip, "split": mode, "here": med(a), "service": med(b),
+                          "paired": med([y - x for x, y in zip(a, b)]), "here_cpu_ms": med(cpu),
+                          "worker_decode_s_total": round(decode_s, 2)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
