@@ -69,3 +69,19 @@ def test_split_setting_refuses_other_values_by_name(monkeypatch):
     finally:
         monkeypatch.undo()
         settings.cache_clear()
+
+
+def test_a_part_whose_cleanup_fails_does_not_keep_the_others_open():
+    log: list = []
+    closed: list = []
+
+    def bad_cleanup():
+        try:
+            while True:
+                yield
+        finally:
+            raise RuntimeError("cleanup failed")
+
+    with pytest.raises(ValueError, match="c broke at step 0"):
+        _drive(_session(), bad_cleanup(), _steps("d", 3, log, 1, closed=closed), _steps("c", 3, log, 1, fail_at=0))
+    assert closed == ["d"]  # closed (its parser destroyed) although the part before it failed to clean up

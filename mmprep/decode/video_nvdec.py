@@ -288,8 +288,11 @@ def _drive(session: Session, *parts: Generator[None, None, int]) -> int:
                         filled += done.value
                         live.remove(part)
         finally:
-            for part in parts:
-                part.close()
+            for part in parts:  # the unfinished ones: their parsers destroyed, their streams waited for
+                try:
+                    part.close()
+                except Exception as e:  # noqa: BLE001 - the error that stopped the others is the one to report
+                    logger.debug("NVDEC part cleanup failed: %s", e)
     return filled
 
 
