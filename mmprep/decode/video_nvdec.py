@@ -313,19 +313,19 @@ def _part(data: bytes, demuxer, probe: Probe, plan: DecodePlan, feed: list[int],
     pts_to_ordinal: dict[int, int] = {}  # decoders hand pictures out with the pts of their packet
 
     def put(frame: torch.Tensor, positions: list[int]) -> None:
-        """Write one sampled picture (a decoded surface) into its result slots, on the session's stream."""
+        """Write one sampled picture (a decoded surface) into its result slots; the decoder calls it with the
+        session's device and stream current."""
         nonlocal filled
         surface = _surface(frame, info.height, info.width)
-        with torch.cuda.device(session.gpu), torch.cuda.stream(session.stream):
-            if kern is not None:
-                head = dst[positions[0]]
-                kern.nv12_to_rgb(surface, info.height, info.width, head, coeffs, info.full_range)
-                for pos in positions[1:]:
-                    dst[pos].copy_(head)
-            else:
-                surface = _to_nv12_8bit(surface)
-                for pos in positions:
-                    dst[pos].copy_(surface)
+        if kern is not None:
+            head = dst[positions[0]]
+            kern.nv12_to_rgb(surface, info.height, info.width, head, coeffs, info.full_range)
+            for pos in positions[1:]:
+                dst[pos].copy_(head)
+        else:
+            surface = _to_nv12_8bit(surface)
+            for pos in positions:
+                dst[pos].copy_(surface)
         filled += len(positions)
 
     def slots(pts: int, shown: int) -> list[int] | None:
@@ -385,12 +385,11 @@ def _pynvvideocodec_steps(nvc, session: Session, info, packets, slots, put) -> G
     def take(packet) -> None:
         nonlocal shown
         with torch.cuda.device(session.gpu), torch.cuda.stream(session.stream):
-            frames = session.decoder.Decode(packet)
-        for frame in frames:
-            positions = slots(frame.getPTS(), shown)
-            shown += 1
-            if positions:
-                put(_frame_tensor(frame), positions)
+            for frame in session.decoder.Decode(packet):
+                positions = slots(frame.getPTS(), shown)
+                shown += 1
+                if positions:
+                    put(_frame_tensor(frame), positions)
 
     for packet in packets:
         take(packet)

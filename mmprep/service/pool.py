@@ -427,7 +427,6 @@ def _close_pipes(w: _Worker) -> None:
     if w.responses is not None:
         w.responses.close()
         w.responses = None
-"""A worker that dies this many times in a row before it is ready is not started again."""
 
 
 def _import(value: Any) -> Any:
