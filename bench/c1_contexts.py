@@ -1,9 +1,14 @@
-"""Is c=1 decode slower in whichever process made its CUDA context on the GPU second? Two spawned processes A and B
-(this process never touches CUDA) each decode + Qwen2-VL preprocess one clip in-process on GPU 0, one request at a
-time, taking turns in blocks (the other idle); then A exits and B runs alone; then a third process C starts and B
-and C take turns. Prints the median ms of each block, as one JSON line.
+"""Is c=1 decode slower in whichever process made its CUDA context on the GPU second, or in a process started by
+``multiprocessing``? Each process decodes + Qwen2-VL preprocesses one clip in-process on GPU 0, one request at a time,
+taking turns in blocks (the others idle); prints each block's median ms and its process's CPU-ms per request, as one
+JSON line.
 
-    python3 bench/c1_contexts.py h264_1080p_gop250 11    # clip (bench/media.py), requests per block
+- ``order``: two spawned processes A and B (this process never touches CUDA) take turns; then A exits and B runs
+  alone; then a third, C, starts and B and C take turns.
+- ``launch``: a ``multiprocessing`` spawned child S, a child P started by ``subprocess`` as a plain
+  ``python3 bench/c1_contexts.py --child``, and this process M (its CUDA context made last) take turns.
+
+    python3 bench/c1_contexts.py h264_1080p_gop250 11 [order|launch]   # clip (bench/media.py), requests per block
 
 Run from the repository root.
 """
@@ -13,29 +18,41 @@ import multiprocessing as mp
 sys.path.insert(0, "bench")
 
 
+class Runner:
+    """Decode + preprocess ``clip`` on GPU 0 in this process: warmed up at once; ``run(n)``: median ms of n, and the
+        process's CPU-ms per request (all its threads)."""
+
+    def __init__(self, clip):
+        import torch
+        from media import clip_path
+        from util import decode_preprocess, sample32_of
+
+        self.torch, self.fn = torch, decode_preprocess
+        self.data = clip_path(clip).read_bytes()
+        self.idx = sample32_of(self.data)
+        for _ in range(3):
+            self.fn(self.data, self.idx, "cuda:0")
+        torch.cuda.synchronize()
+
+    def run(self, n):
+        ms, c0 = [], time.process_time()
+        for _ in range(n):
+            t = time.perf_counter()
+            self.fn(self.data, self.idx, "cuda:0")
+            self.torch.cuda.synchronize()
+            ms.append(1000 * (time.perf_counter() - t))
+        return round(statistics.median(ms), 1), round(1000 * (time.process_time() - c0) / n, 1)
+
+
 def proc(conn, clip):
     """Child: warm up, then answer ("run", n) with the median ms of n requests, until ("quit",)."""
-    import torch
-    from media import clip_path
-    from util import decode_preprocess, sample32_of
-
-    data = clip_path(clip).read_bytes()
-    idx = sample32_of(data)
-    for _ in range(3):
-        decode_preprocess(data, idx, "cuda:0")
-    torch.cuda.synchronize()
+    r = Runner(clip)
     conn.send("ready")
     while True:
         msg = conn.recv()
         if msg[0] == "quit":
             return
-        ms = []
-        for _ in range(msg[1]):
-            t = time.perf_counter()
-            decode_preprocess(data, idx, "cuda:0")
-            torch.cuda.synchronize()
-            ms.append(1000 * (time.perf_counter() - t))
-        conn.send(round(statistics.median(ms), 1))
+        conn.send(r.run(msg[1]))
 
 
 def start(ctx, clip):
@@ -46,18 +63,61 @@ def start(ctx, clip):
     return p, here
 
 
+def popen(clip):
+    """A child started as a plain ``python3`` process, talking over a local socket."""
+    import os, subprocess
+    from multiprocessing.connection import Listener
+
+    key = os.urandom(16)
+    with Listener(("127.0.0.1", 0), authkey=key) as ls:
+        p = subprocess.Popen([sys.executable, __file__, "--child", clip, str(ls.address[1])],
+                             env={**os.environ, "C1_KEY": key.hex()})
+        conn = ls.accept()
+    assert conn.recv() == "ready"
+    p.join = p.wait
+    return p, conn
+
+
+class Here:
+    """This process (its main thread), answering the same messages as a child."""
+
+    def __init__(self, clip):
+        self.r, self.out = Runner(clip), None
+
+    def send(self, msg):
+        self.out = self.r.run(msg[1])
+
+    def recv(self):
+        return self.out
+
+
 def main():
+    if sys.argv[1] == "--child":
+        import os
+        from multiprocessing.connection import Client
+        return proc(Client(("127.0.0.1", int(sys.argv[3])), authkey=bytes.fromhex(os.environ["C1_KEY"])), sys.argv[2])
     clip, n = sys.argv[1], int(sys.argv[2])
+    mode = sys.argv[3] if len(sys.argv) > 3 else "order"
     from media import clip_path
     clip_path(clip)  # make the clip once, before the children race to
     ctx = mp.get_context("spawn")
     procs = {}
-    out = {"clip": clip, "blocks": []}
+    out = {"clip": clip, "mode": mode, "blocks": []}
 
     def block(name):
         procs[name][1].send(("run", n))
-        out["blocks"].append([name, procs[name][1].recv()])
+        out["blocks"].append([name, *procs[name][1].recv()])
 
+    if mode == "launch":
+        procs["S"] = start(ctx, clip)
+        procs["P"] = popen(clip)
+        procs["M"] = (None, Here(clip))
+        for name in "MSP" * 4:
+            block(name)
+        for name in "SP":
+            procs[name][1].send(("quit",)); procs[name][0].join()
+        print(json.dumps(out), flush=True)
+        return
     procs["A"] = start(ctx, clip)
     procs["B"] = start(ctx, clip)
     for name in "ABABAB":
