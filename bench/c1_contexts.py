@@ -44,10 +44,23 @@ class Runner:
         return round(statistics.median(ms), 1), round(1000 * (time.process_time() - c0) / n, 1)
 
 
+def facts():
+    """What a process inherits that could differ between a top-level and a child process: environment, signal
+    dispositions and mask, CPUs allowed, timer slack, nice value and scheduling policy."""
+    import os
+
+    status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines() if ":" in line)
+    out = {f"env:{k}": v for k, v in os.environ.items() if k != "C1_KEY"}
+    out.update({k: status[k].strip() for k in ("SigBlk", "SigIgn", "Cpus_allowed_list") if k in status})
+    out.update(timerslack_ns=open("/proc/self/timerslack_ns").read().strip(), nice=os.nice(0),
+               policy=os.sched_getscheduler(0))
+    return out
+
+
 def proc(conn, clip):
     """Child: warm up, then answer ("run", n) with the median ms of n requests, until ("quit",)."""
     r = Runner(clip)
-    conn.send("ready")
+    conn.send(("ready", facts()))
     while True:
         msg = conn.recv()
         if msg[0] == "quit":
@@ -59,7 +72,7 @@ def start(ctx, clip):
     here, there = ctx.Pipe()
     p = ctx.Process(target=proc, args=(there, clip), daemon=True)
     p.start()
-    assert here.recv() == "ready"
+    p.facts = here.recv()[1]
     return p, here
 
 
@@ -73,7 +86,7 @@ def popen(clip):
         p = subprocess.Popen([sys.executable, __file__, "--child", clip, str(ls.address[1])],
                              env={**os.environ, "C1_KEY": key.hex()})
         conn = ls.accept()
-    assert conn.recv() == "ready"
+    p.facts = conn.recv()[1]
     p.join = p.wait
     return p, conn
 
@@ -112,6 +125,9 @@ def main():
         procs["S"] = start(ctx, clip)
         procs["P"] = popen(clip)
         procs["M"] = (None, Here(clip))
+        mine = facts()
+        out["differs"] = {name: {k: [mine.get(k), procs[name][0].facts.get(k)] for k in set(mine) | set(procs[name][0].facts)
+                                 if mine.get(k) != procs[name][0].facts.get(k)} for name in "SP"}
         for name in "MSP" * 4:
             block(name)
         for name in "SP":
