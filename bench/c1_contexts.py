@@ -1,7 +1,7 @@
 """Is c=1 decode slower in whichever process made its CUDA context on the GPU second, or in a process started by
 ``multiprocessing``? Each process decodes + Qwen2-VL preprocesses one clip in-process on GPU 0, one request at a time,
-taking turns in blocks (the others idle); prints each block's median ms and its process's CPU-ms per request, as one
-JSON line.
+taking turns in blocks (the others idle); prints each block's median ms, its process's CPU-ms per request and the
+CPUs its busy threads were last seen on (counts over the block's requests), as one JSON line.
 
 - ``order``: two spawned processes A and B (this process never touches CUDA) take turns; then A exits and B runs
   alone; then a third, C, starts and B and C take turns.
@@ -16,6 +16,20 @@ import json, statistics, sys, time
 import multiprocessing as mp
 
 sys.path.insert(0, "bench")
+
+
+def tasks():
+    """{thread id: (CPU ticks used, CPU it last ran on)} for this process's threads."""
+    import os
+
+    out = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            f = open(f"/proc/self/task/{tid}/stat").read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[tid] = (int(f[11]) + int(f[12]), int(f[36]))  # utime + stime, processor (fields 14, 15, 39)
+    return out
 
 
 class Runner:
@@ -35,13 +49,17 @@ class Runner:
         torch.cuda.synchronize()
 
     def run(self, n):
-        ms, c0 = [], time.process_time()
+        ms, c0, cpus = [], time.process_time(), {}
         for _ in range(n):
+            before = tasks()
             t = time.perf_counter()
             self.fn(self.data, self.idx, "cuda:0")
             self.torch.cuda.synchronize()
             ms.append(1000 * (time.perf_counter() - t))
-        return round(statistics.median(ms), 1), round(1000 * (time.process_time() - c0) / n, 1)
+            for tid, (ticks, cpu) in tasks().items():  # the CPU each thread that ran during the request was last on
+                if ticks > before.get(tid, (0, 0))[0]:
+                    cpus[cpu] = cpus.get(cpu, 0) + 1
+        return round(statistics.median(ms), 1), round(1000 * (time.process_time() - c0) / n, 1), dict(sorted(cpus.items()))
 
 
 def facts():
@@ -105,8 +123,8 @@ class Here:
 
 
 def main():
+    import os
     if sys.argv[1] == "--child":
-        import os
         from multiprocessing.connection import Client
         return proc(Client(("127.0.0.1", int(sys.argv[3])), authkey=bytes.fromhex(os.environ["C1_KEY"])), sys.argv[2])
     clip, n = sys.argv[1], int(sys.argv[2])
@@ -126,6 +144,8 @@ def main():
         procs["P"] = popen(clip)
         procs["M"] = (None, Here(clip))
         mine = facts()
+        out["siblings"] = sorted({open(f"/sys/devices/system/cpu/cpu{c}/topology/thread_siblings_list").read().strip()
+                                  for c in range(os.cpu_count())})
         out["differs"] = {name: {k: [mine.get(k), procs[name][0].facts.get(k)] for k in set(mine) | set(procs[name][0].facts)
                                  if mine.get(k) != procs[name][0].facts.get(k)} for name in "SP"}
         for name in "MSP" * 4:
