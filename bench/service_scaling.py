@@ -12,7 +12,8 @@ Workload: 10 s 1080p H.264 bytes (GOP 250, B-frames) -> 32 sampled frames -> Qwe
 Per arm: videos/s, caller CPU-ms per video (the calling process(es), all threads), worker CPU-ms per video;
 service arms also: one request at a time split into the worker's time (of which reading the input, decoding,
 exporting the result) and a ping; one request at a time taking turns with the in-process path on the same GPU
-(paired: the service's added ms without drift between two separate measurements); and (JSON) CUDA IPC mappings
+(paired: the service's added ms without drift between two separate measurements, split into the decodes' difference
+and the rest: what the service adds apart from how fast each process's decoder ran); and (JSON) CUDA IPC mappings
 the caller had to open per video.
 
     python3 bench/service_scaling.py --out $OUT/service_scaling.json [--gpus 1,2] [--workers 1,2] [--clients 2,4]
@@ -124,17 +125,26 @@ def latency_ms(fn, data: bytes, n: int = 12, busy=None) -> dict:
     return out
 
 
-def paired_latency_ms(first, second, data: bytes, n: int = 16) -> dict:
+def paired_latency_ms(first, second, data: bytes, n: int = 16, decode_s=None) -> dict:
     """One request at a time, ``first`` then ``second`` in turn (same GPU, same moment: no drift between the arms'
-    separate measurements); medians of each and of the per-pair difference ``second - first``."""
+    separate measurements); medians of each and of the per-pair difference ``second - first``. With ``decode_s`` (two
+    callables: the seconds each arm's decoding took so far), also the per-pair difference of the decodes and of the
+    rest (``paired_beyond_decode_ms_c1``: what the second adds apart from its decoder's speed, which differs between
+    processes by where their threads run — README, "One request at a time")."""
     first(data)
     second(data)
-    a, b = [], []
+    a, b, da, db = [], [], [], []
     for _ in range(n):
-        a.append(_one_ms(first, data))
-        b.append(_one_ms(second, data))
-    return {"paired_in_process_ms_c1": _median(a), "paired_service_ms_c1": _median(b),
-            "paired_overhead_ms_c1": _median([y - x for x, y in zip(a, b)])}
+        for fn, wall, dec, get in ((first, a, da, decode_s and decode_s[0]), (second, b, db, decode_s and decode_s[1])):
+            d0 = get() if get else 0.0
+            wall.append(_one_ms(fn, data))
+            dec.append(1000 * (get() - d0) if get else 0.0)
+    out = {"paired_in_process_ms_c1": _median(a), "paired_service_ms_c1": _median(b),
+           "paired_overhead_ms_c1": _median([y - x for x, y in zip(a, b)])}
+    if decode_s:
+        out["paired_decode_diff_ms_c1"] = _median([y - x for x, y in zip(da, db)])
+        out["paired_beyond_decode_ms_c1"] = _median([(y - dy) - (x - dx) for x, y, dx, dy in zip(a, b, da, db)])
+    return out
 
 
 def _busy(svc) -> dict[str, float]:
@@ -282,9 +292,16 @@ def main() -> None:
                 r["shm_new_per_video"] = (svc.stats()["shm_created"] - s0) / r["videos"]  # ~8 ms of caller CPU each
                 r.update(latency_ms(served, data, busy=lambda: _busy(svc)))
                 r["ping_ms_c1"] = latency_ms(lambda _: svc.ping(), b"")["latency_ms_c1"]
-                solo = lambda d: decode_preprocess(d, idx, "cuda:0")  # noqa: E731 - in this process, on GPU 0
+                here = {"decode": 0.0}
+
+                def solo(d: bytes) -> None:  # in this process, on GPU 0
+                    spent = {}
+                    decode_preprocess(d, idx, "cuda:0", spent)
+                    here["decode"] += spent["decode"]
+
                 on_0 = lambda d: svc.preprocess_video(d, gpu=0, decode={"indices": idx}, **PREPROCESS)  # noqa: E731
-                r.update(paired_latency_ms(solo, on_0, data, n=a.pairs))  # the same GPU both ways (GPUs differ by a few ms)
+                r.update(paired_latency_ms(solo, on_0, data, n=a.pairs,  # the same GPU both ways (GPUs differ by a few ms)
+                                           decode_s=(lambda: here["decode"], lambda: _busy(svc)["decode"])))
             done({"arm": "service", "gpus": n, "workers_per_gpu": w, **r})
             for c in [int(x) for x in a.clients.split(",") if x]:
                 r = host_arm(gpus, w, c, data, idx, a.threads_per_gpu * n, a.videos_per_gpu * n)
@@ -345,6 +362,8 @@ def _latency(r: dict) -> str:
                     if f"{k}_ms_c1" in r)
     paired = (f"; paired with in-process: {r['paired_service_ms_c1']:.1f} vs {r['paired_in_process_ms_c1']:.1f}, "
               f"{r['paired_overhead_ms_c1']:+.1f}" if "paired_overhead_ms_c1" in r else "")
+    if "paired_beyond_decode_ms_c1" in r:
+        paired += (f" (decode {r['paired_decode_diff_ms_c1']:+.1f}, the rest {r['paired_beyond_decode_ms_c1']:+.1f})")
     return (f"{r['latency_ms_c1']:.1f} (worker {r['worker_ms_c1']:.1f}{': ' if parts else ''}{', '.join(parts)}{ping})"
             + paired)
 
