@@ -33,8 +33,8 @@ def tasks():
 
 
 class Runner:
-    """Decode + preprocess ``clip`` on GPU 0 in this process: warmed up at once; ``run(n)``: median ms of n, and the
-        process's CPU-ms per request (all its threads)."""
+    """Decode + preprocess ``clip`` on GPU 0 in this process, warmed up at once; ``run(n)``: the median ms of n, the
+    process's CPU-ms per request (all its threads) and the CPUs its busy threads were last on."""
 
     def __init__(self, clip):
         import torch
