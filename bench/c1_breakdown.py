@@ -6,26 +6,21 @@ thread vs a service worker (one per GPU; its decode phase), decode alone; and co
 Run from the repository root. Found (2026-11-28, H200): H.264 decodes ~20 ms slower in the worker than in the caller,
 HEVC ~3 ms; see ``decode_by_process.py`` for whether that is the worker or any second process.
 """
-import ctypes, json, statistics, sys, time
+import ctypes, json, sys, time
 from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, "bench")
 import numpy as np
-import torch
 
 import mmprep
 from media import clip_path
-from util import PREPROCESS, decode_preprocess, sample32_of
+from util import PREPROCESS, decode_preprocess, median, sample32_of, wall_ms
 from mmprep.service import MediaService
 from mmprep.service.shm import Arena
 
 
-def one(fn):
-    t = time.perf_counter(); fn(); torch.cuda.synchronize(); return 1000 * (time.perf_counter() - t)
-
-
 def med(xs):
-    return round(statistics.median(xs), 2)
+    return median(xs, 2)
 
 
 def main():
@@ -46,7 +41,7 @@ def main():
         for _ in range(n):
             for k, f in arms.items():
                 s0 = svc.stats()["workers"][0]
-                times[k].append(one(f))
+                times[k].append(wall_ms(f))
                 if k == "service":
                     s1 = svc.stats()["workers"][0]
                     wdec.append(1000 * (s1["decode_s"] - s0["decode_s"])); wbusy.append(1000 * (s1["busy_s"] - s0["busy_s"]))

@@ -12,10 +12,14 @@ CPUs its busy threads were last seen on (counts over the block's requests), as o
 
 Run from the repository root.
 """
-import json, statistics, sys, time
+import json, sys, time
 import multiprocessing as mp
 
 sys.path.insert(0, "bench")
+import torch  # noqa: E402
+
+from media import clip_path  # noqa: E402
+from util import decode_preprocess, median, sample32_of, wall_ms  # noqa: E402
 
 
 def tasks():
@@ -37,29 +41,21 @@ class Runner:
     process's CPU-ms per request (all its threads) and the CPUs its busy threads were last on."""
 
     def __init__(self, clip):
-        import torch
-        from media import clip_path
-        from util import decode_preprocess, sample32_of
-
-        self.torch, self.fn = torch, decode_preprocess
         self.data = clip_path(clip).read_bytes()
         self.idx = sample32_of(self.data)
         for _ in range(3):
-            self.fn(self.data, self.idx, "cuda:0")
+            decode_preprocess(self.data, self.idx, "cuda:0")
         torch.cuda.synchronize()
 
     def run(self, n):
         ms, c0, cpus = [], time.process_time(), {}
         for _ in range(n):
             before = tasks()
-            t = time.perf_counter()
-            self.fn(self.data, self.idx, "cuda:0")
-            self.torch.cuda.synchronize()
-            ms.append(1000 * (time.perf_counter() - t))
+            ms.append(wall_ms(lambda: decode_preprocess(self.data, self.idx, "cuda:0")))
             for tid, (ticks, cpu) in tasks().items():  # the CPU each thread that ran during the request was last on
                 if ticks > before.get(tid, (0, 0))[0]:
                     cpus[cpu] = cpus.get(cpu, 0) + 1
-        return round(statistics.median(ms), 1), round(1000 * (time.process_time() - c0) / n, 1), dict(sorted(cpus.items()))
+        return median(ms), round(1000 * (time.process_time() - c0) / n, 1), dict(sorted(cpus.items()))
 
 
 def facts():
@@ -129,7 +125,6 @@ def main():
         return proc(Client(("127.0.0.1", int(sys.argv[3])), authkey=bytes.fromhex(os.environ["C1_KEY"])), sys.argv[2])
     clip, n = sys.argv[1], int(sys.argv[2])
     mode = sys.argv[3] if len(sys.argv) > 3 else "order"
-    from media import clip_path
     clip_path(clip)  # make the clip once, before the children race to
     ctx = mp.get_context("spawn")
     procs = {}

@@ -13,23 +13,15 @@ Qwen2-VL preprocess on GPU 0, one request at a time, median ms:
 
 Run from the repository root.
 """
-import gc, json, statistics, sys, time
+import gc, json, sys
 
 sys.path.insert(0, "bench")
 import torch
 
 from media import clip_path
-from util import PREPROCESS, decode_preprocess, sample32_of
+from util import PREPROCESS, decode_preprocess, median as med, sample32_of, wall_ms as ms
 from mmprep.decode import video_nvdec
 from mmprep.service import MediaService
-
-
-def ms(fn):
-    t = time.perf_counter(); fn(); torch.cuda.synchronize(); return 1000 * (time.perf_counter() - t)
-
-
-def med(xs):
-    return round(statistics.median(xs), 1)
 
 
 def drop_decoders():

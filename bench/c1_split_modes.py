@@ -7,7 +7,7 @@ turn, or no split): median ms of each path and of the paired difference, and thi
 A mode ``name@cpus`` (e.g. ``threads@2,3``) confines the worker process to those CPUs (the caller stays free): is
 the worker's slower split decode where its threads run? Run from the repository root; prints one JSON line per mode.
 """
-import json, os, statistics, sys, time
+import json, os, sys, time
 
 if __name__ == "__mp_main__" and os.environ.get("C1_PIN_WORKER"):
     # a spawned worker runs this module first, as __mp_main__: its threads, made later, inherit the CPU set
@@ -17,7 +17,7 @@ sys.path.insert(0, "bench")
 import torch
 
 from media import clip_path
-from util import PREPROCESS, decode_preprocess, sample32_of
+from util import PREPROCESS, decode_preprocess, median as med, sample32_of
 from mmprep.config import settings
 from mmprep.service import MediaService
 
@@ -48,7 +48,6 @@ def main():
                         cpu.append(1000 * (time.process_time() - c0))
             worker = svc.stats()["workers"][0]
             decode_s, affinity = worker["decode_s"], sorted(os.sched_getaffinity(worker["pid"]))
-        med = lambda xs: round(statistics.median(xs), 1)  # noqa: E731
         print(json.dumps({"clip": clip, "split": mode, "worker_cpus": affinity if cpus else "all", "here": med(a), "service": med(b),
                           "paired": med([y - x for x, y in zip(a, b)]), "here_cpu_ms": med(cpu),
                           "worker_decode_s_total": round(decode_s, 2)}), flush=True)

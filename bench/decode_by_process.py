@@ -6,19 +6,16 @@ taking turns; with a third argument the child opens its NVDEC sessions first.
 
 Run from the repository root.
 """
-import json, statistics, sys, time
+import json, sys
 import multiprocessing as mp
 
 sys.path.insert(0, "bench")
 
 
-def med(xs):
-    return round(statistics.median(xs), 2)
-
-
 def child(conn, shm_name, size, idx):
     import torch, mmprep
     from multiprocessing.shared_memory import SharedMemory
+    from util import wall_ms
     seg = SharedMemory(name=shm_name)
     view = seg.buf[:size]
     data = bytes(view)
@@ -28,19 +25,16 @@ def child(conn, shm_name, size, idx):
         if kind is None:
             break
         src = data if kind == "bytes" else view
-        t = time.perf_counter()
-        mmprep.decode_video(src, indices=idx, device="cuda:0")
-        torch.cuda.synchronize()
-        conn.send(1000 * (time.perf_counter() - t))
+        conn.send(wall_ms(lambda: mmprep.decode_video(src, indices=idx, device="cuda:0")))
     del view
     seg.close()
 
 
 def main():
-    import torch, mmprep
+    import mmprep
     from multiprocessing.shared_memory import SharedMemory
     from media import clip_path
-    from util import sample32_of
+    from util import median, sample32_of, wall_ms
     clip, n = sys.argv[1], int(sys.argv[2])
     data = clip_path(clip).read_bytes()
     idx = sample32_of(data)
@@ -53,8 +47,7 @@ def main():
     p.start()
 
     def here(src):
-        t = time.perf_counter(); mmprep.decode_video(src, indices=idx, device="cuda:0"); torch.cuda.synchronize()
-        return 1000 * (time.perf_counter() - t)
+        return wall_ms(lambda: mmprep.decode_video(src, indices=idx, device="cuda:0"))
 
     def there(kind):
         a.send(kind); return a.recv()
@@ -70,7 +63,7 @@ def main():
         for k, f in arms.items():
             times[k].append(f())
     a.send(None); p.join(10)
-    print(json.dumps({"clip": clip, "child_first": len(sys.argv) > 3, **{k: med(v) for k, v in times.items()}}), flush=True)
+    print(json.dumps({"clip": clip, "child_first": len(sys.argv) > 3, **{k: median(v, 2) for k, v in times.items()}}), flush=True)
     del view
     seg.close(); seg.unlink()
 

@@ -7,7 +7,7 @@ split off; the helper later). Done in this process, then in a spawned child.
 
 Run from the repository root; prints one JSON line per process.
 """
-import gc, json, os, statistics, sys, time
+import gc, json, os, sys
 import multiprocessing as mp
 
 sys.path.insert(0, "bench")
@@ -17,6 +17,7 @@ def sets(data, idx, n_sets, n_dec, apart):
     import torch, mmprep
     from mmprep.config import settings
     from mmprep.decode import video_nvdec
+    from util import median, wall_ms
 
     def split(on):
         os.environ["MMPREP_NVDEC_SPLIT"] = "1" if on else "0"
@@ -34,12 +35,9 @@ def sets(data, idx, n_sets, n_dec, apart):
         mmprep.decode_video(data, indices=idx, device="cuda:0")
         ms = []
         for _ in range(n_dec):
-            t = time.perf_counter()
-            mmprep.decode_video(data, indices=idx, device="cuda:0")
-            torch.cuda.synchronize()
-            ms.append(1000 * (time.perf_counter() - t))
+            ms.append(wall_ms(lambda: mmprep.decode_video(data, indices=idx, device="cuda:0")))
         st = video_nvdec.get_pool().stats()
-        out.append({"median": round(statistics.median(ms), 1), "min": round(min(ms), 1), "max": round(max(ms), 1),
+        out.append({"median": median(ms), "min": round(min(ms), 1), "max": round(max(ms), 1),
                     "created": st["created"]})
     return out
 

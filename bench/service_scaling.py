@@ -33,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: bench.util beside it
 
-from bench.util import PREPROCESS, cpu_seconds, decode_preprocess  # noqa: E402
+from bench.util import PREPROCESS, cpu_seconds, decode_preprocess, wall_ms  # noqa: E402
 
 
 def _children_cpu() -> float:
@@ -93,15 +93,6 @@ def drive(fn, data: bytes, threads: int, videos: int, children: bool = True, go=
             "worker_cpu_ms_per_video": 1000 * (_children_cpu() - k0) / videos if children else float("nan")}
 
 
-def _one_ms(fn, data: bytes) -> float:
-    """Wall ms of ``fn(data)`` until its GPU work is done."""
-    t0 = time.perf_counter()
-    fn(data)
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return 1000 * (time.perf_counter() - t0)
-
-
 def _median(xs: list[float]) -> float:
     return sorted(xs)[len(xs) // 2]
 
@@ -114,7 +105,7 @@ def latency_ms(fn, data: bytes, n: int = 12, busy=None) -> dict:
     phases: dict[str, list[float]] = {}
     for _ in range(n):
         b0 = busy() if busy else {}
-        times.append(_one_ms(fn, data))
+        times.append(wall_ms(lambda: fn(data)))
         if busy:
             b1 = busy()
             for k in b1:
@@ -137,7 +128,7 @@ def paired_latency_ms(first, second, data: bytes, n: int = 16, decode_s=None) ->
     for _ in range(n):
         for fn, wall, dec, get in ((first, a, da, decode_s and decode_s[0]), (second, b, db, decode_s and decode_s[1])):
             d0 = get() if get else 0.0
-            wall.append(_one_ms(fn, data))
+            wall.append(wall_ms(lambda: fn(data)))
             dec.append(1000 * (get() - d0) if get else 0.0)
     out = {"paired_in_process_ms_c1": _median(a), "paired_service_ms_c1": _median(b),
            "paired_overhead_ms_c1": _median([y - x for x, y in zip(a, b)])}

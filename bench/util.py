@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import statistics
 import threading
 import time
 
@@ -21,6 +22,20 @@ def kernels_ready() -> None:
 
         ok = fused(wait=True) is not None or not settings().kernels
         assert ok, "the fused kernels did not build; set MMPREP_KERNELS=0 to bench without them"
+
+
+def wall_ms(fn) -> float:
+    """Wall ms of ``fn()`` until its GPU work is done."""
+    t0 = time.perf_counter()
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return 1000 * (time.perf_counter() - t0)
+
+
+def median(xs, digits: int = 1) -> float:
+    """The median of ``xs``, rounded to ``digits`` (what the c=1 diagnostics print)."""
+    return round(statistics.median(xs), digits)
 
 
 def run_rounds(benchmark, round_fn, items: int, rounds: int = 5, **info) -> None:
