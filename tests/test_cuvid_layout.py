@@ -38,16 +38,11 @@ def test_without_a_driver_the_binding_says_unavailable():
         pytest.skip("this machine has NVIDIA's video driver library")
 
 
-def test_display_delay_out_of_range_is_refused_by_name(monkeypatch):
+def test_display_delay_out_of_range_is_refused_by_name(monkeypatch, fresh_settings):
     from mmprep.config import settings
 
     monkeypatch.setenv("MMPREP_NVDEC_DISPLAY_DELAY", "17")
-    settings.cache_clear()
-    try:
-        with pytest.raises(ValueError, match="MMPREP_NVDEC_DISPLAY_DELAY must be <= 16, got 17"):
-            settings()
-    finally:
-        monkeypatch.delenv("MMPREP_NVDEC_DISPLAY_DELAY")
-        settings.cache_clear()
+    with pytest.raises(ValueError, match="MMPREP_NVDEC_DISPLAY_DELAY must be <= 16, got 17"):
+        settings()
     with pytest.raises(ValueError, match="display_delay must be in 0..16, got -1"):
         cuvid.CuvidDecoder(0, None, 64, 64, display_delay=-1)

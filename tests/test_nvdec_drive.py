@@ -50,25 +50,15 @@ def test_a_single_part_runs_to_its_end():
 
 @pytest.mark.parametrize("raw,mode", [("", "threads"), ("1", "threads"), ("on", "threads"), ("threads", "threads"),
                                       ("interleave", "interleave"), ("0", "off"), ("off", "off"), ("false", "off")])
-def test_split_setting_reads_old_and_new_values(monkeypatch, raw, mode):
+def test_split_setting_reads_old_and_new_values(monkeypatch, fresh_settings, raw, mode):
     monkeypatch.setenv("MMPREP_NVDEC_SPLIT", raw)
-    settings.cache_clear()
-    try:
-        assert settings().nvdec_split == mode
-    finally:
-        monkeypatch.undo()
-        settings.cache_clear()
+    assert settings().nvdec_split == mode
 
 
-def test_split_setting_refuses_other_values_by_name(monkeypatch):
+def test_split_setting_refuses_other_values_by_name(monkeypatch, fresh_settings):
     monkeypatch.setenv("MMPREP_NVDEC_SPLIT", "both")
-    settings.cache_clear()
-    try:
-        with pytest.raises(ValueError, match="MMPREP_NVDEC_SPLIT must be one of .*interleave.*got 'both'"):
-            settings()
-    finally:
-        monkeypatch.undo()
-        settings.cache_clear()
+    with pytest.raises(ValueError, match="MMPREP_NVDEC_SPLIT must be one of .*interleave.*got 'both'"):
+        settings()
 
 
 def test_a_part_whose_cleanup_fails_does_not_keep_the_others_open():

@@ -169,14 +169,6 @@ def test_parsers_wrapped_once_and_pixels_pass_untouched(restore_parsers):
     assert Q._parse_and_validate_image_input(object()) is None  # no image in the request
 
 
-@pytest.fixture
-def fresh_settings():
-    """``MMPREP_*`` read again from the environment during the test, and after it (monkeypatch restores it)."""
-    settings.cache_clear()
-    yield
-    settings.cache_clear()
-
-
 def test_options_need_the_processor_cache_off(tiny, monkeypatch, fresh_settings):
     monkeypatch.setenv("MMPREP_ENGINE_IPC", "1")
     monkeypatch.setenv("MMPREP_PROCESSOR_DEVICE", "cuda")
