@@ -20,19 +20,31 @@ from .helpers import clip, report
 
 pytestmark = pytest.mark.gpu
 
-os.environ.setdefault("VLLM_PLUGINS", "mmprep")
 vllm = pytest.importorskip("vllm.multimodal.video", reason="vLLM is not importable here")
 
 
 @pytest.fixture(scope="module")
 def registry():
+    """vLLM's plugins loaded with mmprep routed; afterwards the environment, the routing and vLLM's processors as
+    they were (later modules test vLLM unchanged)."""
     import vllm.plugins
     from vllm.multimodal.video import VIDEO_LOADER_REGISTRY
 
-    os.environ["VLLM_VIDEO_LOADER_BACKEND"] = "mmprep"
+    from mmprep.vllm import processor, register
+
+    old = {k: os.environ.get(k) for k in ("VLLM_VIDEO_LOADER_BACKEND", "VLLM_PLUGINS")}
+    os.environ.update(VLLM_VIDEO_LOADER_BACKEND="mmprep", VLLM_PLUGINS="mmprep")
+    vllm.plugins.plugins_loaded = False
     vllm.plugins.load_general_plugins()  # finds mmprep through its entry point
     assert "mmprep_qwen2_vl" in VIDEO_LOADER_REGISTRY.name2class
-    return VIDEO_LOADER_REGISTRY
+    yield VIDEO_LOADER_REGISTRY
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    processor.uninstall()
+    register()
 
 
 def test_loader_keeps_frames_on_gpu_within_vllm_budget(registry):

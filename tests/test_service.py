@@ -20,7 +20,7 @@ from .helpers import clip
 
 @pytest.fixture(scope="module")
 def service():
-    with MediaService(cpu_workers=2, hang_timeout=30) as s:
+    with MediaService(gpus=[], cpu_workers=2, hang_timeout=30) as s:
         yield s
 
 
@@ -137,7 +137,7 @@ def _exited(pid: int) -> bool:
 def test_a_request_sent_to_a_worker_that_just_died_waits_for_its_replacement():
     """Killed, then asked at once (before the service noticed): the request never reached the dead worker, so it goes
     to the replacement instead of failing."""
-    with MediaService(cpu_workers=1) as s:
+    with MediaService(gpus=[], cpu_workers=1) as s:
         for round_ in range(5):
             pid = s.stats()["workers"][0]["pid"]
             os.kill(pid, signal.SIGKILL)
@@ -148,7 +148,7 @@ def test_a_request_sent_to_a_worker_that_just_died_waits_for_its_replacement():
 
 
 def test_hung_worker_is_killed_and_replaced():
-    with MediaService(cpu_workers=1, hang_timeout=1.0) as s:
+    with MediaService(gpus=[], cpu_workers=1, hang_timeout=1.0) as s:
         pid = s.stats()["workers"][0]["pid"]
         with pytest.raises(WorkerCrashedError, match="hung"):
             s.ping(delay=30)
@@ -156,7 +156,7 @@ def test_hung_worker_is_killed_and_replaced():
 
 
 def test_full_queues_push_back_with_a_clear_error():
-    with MediaService(cpu_workers=1, queue_depth=1, submit_timeout=0.3) as s:
+    with MediaService(gpus=[], cpu_workers=1, queue_depth=1, submit_timeout=0.3) as s:
         t = threading.Thread(target=lambda: s.ping(delay=2))
         t.start()
         time.sleep(0.3)
@@ -168,7 +168,7 @@ def test_full_queues_push_back_with_a_clear_error():
 
 def test_a_worker_runs_requests_side_by_side():
     """A worker runs up to ``threads`` requests at once (one at a time left NVDEC's engines idle)."""
-    with MediaService(cpu_workers=1, threads=3) as s:
+    with MediaService(gpus=[], cpu_workers=1, threads=3) as s:
         seen: list[int] = []
         ts = [threading.Thread(target=lambda: seen.append(s.ping(delay=1.0))) for _ in range(3)]
         for t in ts:
@@ -176,7 +176,7 @@ def test_a_worker_runs_requests_side_by_side():
         for t in ts:
             t.join()
         assert max(seen) == 3
-    with MediaService(cpu_workers=1, threads=1) as s:
+    with MediaService(gpus=[], cpu_workers=1, threads=1) as s:
         seen = []
         ts = [threading.Thread(target=lambda: seen.append(s.ping(delay=0.3))) for _ in range(2)]
         for t in ts:
@@ -193,7 +193,7 @@ def test_arguments_are_checked():
         MediaService(workers_per_gpu=0, cpu_workers=1)
     with pytest.raises(ValueError, match="threads"):
         MediaService(threads=0, cpu_workers=1)
-    s = MediaService(cpu_workers=1)
+    s = MediaService(gpus=[], cpu_workers=1)
     with pytest.raises(mmprep.service.ServiceError, match="not started"):
         s.ping()
 
@@ -248,7 +248,7 @@ def test_a_worker_that_keeps_dying_while_starting_is_a_clear_error(tmp_path):
 
     script = tmp_path / "no_guard.py"
     script.write_text("from mmprep.service import MediaService\n"
-                      "svc = MediaService(cpu_workers=1, start_timeout=120).start()\n")
+                      "svc = MediaService(gpus=[], cpu_workers=1, start_timeout=120).start()\n")
     t0 = time.monotonic()
     run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=180)
     assert run.returncode != 0 and time.monotonic() - t0 < 100

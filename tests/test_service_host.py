@@ -40,7 +40,7 @@ def _shm_names() -> set[str]:
 
 def _other_process(address: str, data: bytes, out) -> None:
     """A second process (think: another vLLM API server): attach, decode, report what it got."""
-    client = attach(address, cpu_workers=1)
+    client = attach(address, gpus=[], cpu_workers=1)
     v = client.decode_video(data, num_frames=4)
     out.put((client.stats()["pid"], v.frames.numpy(), v.indices))
 
@@ -66,7 +66,7 @@ def test_processes_share_one_host_service(address):
 
 
 def test_results_errors_and_no_leftover_shared_memory(address):
-    client = attach(address, cpu_workers=1)
+    client = attach(address, gpus=[], cpu_workers=1)
     data = clip("h264", frames=24)
     before = _shm_names()
     out = client.preprocess_video(data, decode={"num_frames": 4}, profile="qwen2_vl", dtype=torch.bfloat16)
@@ -86,7 +86,7 @@ def test_results_errors_and_no_leftover_shared_memory(address):
 
 
 def test_a_dead_service_is_a_clear_error_and_is_restarted(address):
-    client = attach(address, cpu_workers=1)
+    client = attach(address, gpus=[], cpu_workers=1)
     pid = client.stats()["pid"]
     os.kill(pid, signal.SIGKILL)
     time.sleep(0.5)
@@ -94,12 +94,12 @@ def test_a_dead_service_is_a_clear_error_and_is_restarted(address):
         client.ping()
     with pytest.raises(ServiceError, match="no mmprep service"):
         attach(address, start=False)
-    again = attach(address, cpu_workers=1)  # a stale socket is replaced by a new service
+    again = attach(address, gpus=[], cpu_workers=1)  # a stale socket is replaced by a new service
     assert again.stats()["pid"] != pid and again.ping() >= 1
 
 
 def test_wrong_key_is_refused(address):
-    attach(address, cpu_workers=1)
+    attach(address, gpus=[], cpu_workers=1)
     with open(address + ".key", "rb") as f:
         key = f.read()
     with open(address + ".key", "wb") as f:
@@ -115,7 +115,7 @@ def test_wrong_key_is_refused(address):
 def test_a_request_given_up_on_does_not_lend_its_input_segment_again(address):
     """The worker reads the caller's segment in place: after a timeout it may still be reading, so the caller
     unlinks that segment instead of putting the next request's bytes into it."""
-    client = attach(address, cpu_workers=1)
+    client = attach(address, gpus=[], cpu_workers=1)
     data = clip("h264", frames=48)
     client.ping()
     client._arena.trim()

@@ -1,6 +1,10 @@
-"""The vLLM plugin against real vLLM 0.32: entry point, media path, real Qwen2-VL processor, errors.
+"""The vLLM plugin against real vLLM (0.32 in CI, 0.26 on the GPU machine): entry point, media path, real Qwen2-VL
+processor, errors.
 
-Runs on the CPU (frames come back as host arrays there); skipped where vLLM is not installed.
+The CPU path: the tests that compare pixels with vLLM's own decoders expect bit-equal results, which hold where
+mmprep decodes on the CPU, so they skip where CUDA is visible (there "auto" means NVDEC/nvJPEG and mmprep's
+processor: ``tests/test_gpu_vllm.py``; run this module with ``CUDA_VISIBLE_DEVICES=`` for the CPU path on a GPU host).
+Skipped where vLLM is not installed.
 """
 
 from __future__ import annotations
@@ -26,6 +30,9 @@ from mmprep.vllm import identity  # noqa: E402
 
 from .tiny_model import make_tiny_qwen2_vl  # noqa: E402
 
+cpu_path = pytest.mark.skipif(torch.cuda.is_available(), reason="compares CPU-path pixels bit for bit; CUDA is "
+                              "visible here (run with CUDA_VISIBLE_DEVICES= for the CPU path; GPU: test_gpu_vllm.py)")
+
 PROMPT_VIDEO = "<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>Describe<|im_end|>\n"
 PROMPT_IMAGE = "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Describe<|im_end|>\n"
 
@@ -40,7 +47,7 @@ def plugin():
     import vllm.plugins
     from vllm.multimodal.video import VIDEO_LOADER_REGISTRY
 
-    from mmprep.vllm import register
+    from mmprep.vllm import processor, register
 
     old = {k: os.environ.get(k) for k in ("VLLM_VIDEO_LOADER_BACKEND", "VLLM_PLUGINS", "VLLM_MEDIA_CONNECTOR")}
     os.environ["VLLM_VIDEO_LOADER_BACKEND"] = "mmprep"
@@ -55,6 +62,7 @@ def plugin():
         else:
             os.environ[k] = v
     register()  # re-sync routing with the restored environment
+    processor.uninstall()  # on a GPU host "auto" swapped in mmprep's processor: later modules test vLLM's own
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +84,10 @@ def processor(model_config):
 
 def chat(model_config, part: dict, media_io_kwargs=None):
     """vLLM's server-side message parsing (what the OpenAI chat endpoint runs) -> mm_data."""
-    from vllm.renderers.chat_utils import parse_chat_messages
+    try:
+        from vllm.renderers.chat_utils import parse_chat_messages  # 0.32
+    except ImportError:
+        from vllm.entrypoints.chat_utils import parse_chat_messages  # 0.26
 
     messages = [{"role": "user", "content": [part, {"type": "text", "text": "Describe"}]}]
     _, mm_data, _ = parse_chat_messages(messages, model_config, "openai", media_io_kwargs=media_io_kwargs)
@@ -108,6 +119,7 @@ def test_entry_point_registers_loader_and_connector(plugin):
     assert plugin.get_backend_for_video_processor("Qwen3VLVideoProcessor") == "mmprep_qwen3_vl"
 
 
+@cpu_path
 def test_video_media_io_uses_mmprep(plugin):
     from vllm.multimodal.media import ImageMediaIO, VideoMediaIO
 
@@ -127,6 +139,7 @@ def test_video_media_io_uses_mmprep(plugin):
     assert diff.max() == 0  # same FFmpeg decoder and conversion on the CPU
 
 
+@cpu_path
 @pytest.mark.parametrize("size", [(320, 240), (226, 130)])
 def test_qwen2_vl_video_matches_opencv_through_real_processor(plugin, model_config, processor, size):
     """Chat message -> MediaConnector -> loader -> Qwen2VLMultiModalProcessor, mmprep vs opencv."""
@@ -172,6 +185,7 @@ def connector_env(plugin):
     register()
 
 
+@cpu_path
 @pytest.mark.parametrize("fmt", ["jpeg", "png"])
 def test_images_through_connector_match_pil(connector_env, model_config, processor, fmt):
     img = Image.fromarray(pattern(203, 317))

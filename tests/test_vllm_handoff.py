@@ -130,7 +130,8 @@ def test_pixels_are_not_tickets():
 
 @pytest.fixture
 def restore_parsers():
-    """The model classes' parsers as vLLM defines them, put back after the test."""
+    """The model classes' parsers as vLLM defines them during the test (unwrapped, should a plugin load earlier in
+    this process have wrapped them), and as they were put back after it."""
     import importlib
 
     saved = []
@@ -140,6 +141,9 @@ def restore_parsers():
         except (ImportError, AttributeError):
             continue
         saved += [(cls, m, cls.__dict__[m]) for m in handoff._KEYS if m in cls.__dict__]
+    for cls, m, fn in saved:
+        if hasattr(fn, "_mmprep_wrapped"):
+            setattr(cls, m, fn._mmprep_wrapped)
     yield
     for cls, m, fn in saved:
         setattr(cls, m, fn)

@@ -21,7 +21,7 @@ def loaders():
     from mmprep.vllm import register
 
     register()
-    with service.MediaService(cpu_workers=1) as svc:
+    with service.MediaService(gpus=[], cpu_workers=1) as svc:  # CPU workers also on a GPU host
         yield VIDEO_LOADER_REGISTRY, svc
     service.set_shared(None)
 
@@ -37,10 +37,15 @@ def test_loader_through_service_equals_in_process(loaders, name, kwargs):
     ref, ref_meta = loader.load_bytes(data, device="cpu", **kwargs)
     assert svc.stats()["workers"][0]["served"] == served  # in-process: the service was not asked
     service.set_shared(svc)
-    frames, meta = loader.load_bytes(data, device="cpu", **kwargs)
-    service.set_shared(None)
-    assert svc.stats()["workers"][0]["served"] == served + 1  # vLLM's sampler and the decode ran in the worker
-    assert meta == ref_meta and np.array_equal(frames, ref)
+    try:
+        frames, meta = loader.load_bytes(data, **kwargs)  # device "auto": the service's (CPU) worker
+        assert svc.stats()["workers"][0]["served"] == served + 1  # vLLM's sampler and the decode ran in the worker
+        assert meta == ref_meta and np.array_equal(frames, ref)
+        here, here_meta = loader.load_bytes(data, device="cpu", **kwargs)  # asked for this process's CPU
+        assert svc.stats()["workers"][0]["served"] == served + 1
+        assert here_meta == ref_meta and np.array_equal(here, ref)
+    finally:
+        service.set_shared(None)
 
 
 def test_bad_media_through_service_are_media_errors(loaders):
@@ -68,14 +73,14 @@ def test_loader_through_the_host_service(loaders, tmp_path):
 
     reg, _ = loaders
     address = f"/tmp/mmprep-vllm-test-{os.getpid()}-{time.monotonic_ns()}.sock"
-    host = attach(address, cpu_workers=1)
+    host = attach(address, gpus=[], cpu_workers=1)
     try:
         data = clip("h264", width=320, height=240, frames=60, fps=20, gop=20)
         loader = reg.load("mmprep_qwen2_vl")
         service.set_shared(None)
         ref, ref_meta = loader.load_bytes(data, device="cpu")
         service.set_shared(host)
-        frames, meta = loader.load_bytes(data, device="cpu")
+        frames, meta = loader.load_bytes(data)
         assert meta == ref_meta and np.array_equal(frames, ref)
         assert sum(w["served"] for w in host.stats()["workers"]) == 1
     finally:
@@ -94,13 +99,15 @@ def test_connector_images_through_service(loaders):
 
     _, svc = loaders
     data = jpeg(203, 317)
-    io = MmprepImageMediaIO(device="cpu")
-    ref = io.load_bytes(data)
+    ref = MmprepImageMediaIO(device="cpu").load_bytes(data)
     served = svc.stats()["workers"][0]["served"]
     service.set_shared(svc)
     try:
-        got = io.load_bytes(data)
+        got = MmprepImageMediaIO().load_bytes(data)  # device "auto": the service's (CPU) worker
+        assert svc.stats()["workers"][0]["served"] == served + 1
+        here = MmprepImageMediaIO(device="cpu").load_bytes(data)  # asked for this process's CPU
+        assert svc.stats()["workers"][0]["served"] == served + 1
     finally:
         service.set_shared(None)
-    assert svc.stats()["workers"][0]["served"] == served + 1
     assert torch.equal(got.media, ref.media) and got.original_bytes == data
+    assert torch.equal(here.media, ref.media)

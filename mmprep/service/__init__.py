@@ -11,7 +11,7 @@ import threading
 from .pool import MediaService, ServiceApi, ServiceBusyError, ServiceError, WorkerCrashedError
 
 __all__ = ["MediaService", "ServiceApi", "ServiceError", "WorkerCrashedError", "ServiceBusyError", "shared",
-           "set_shared"]
+           "set_shared", "shared_for"]
 
 _lock = threading.Lock()
 _shared: list[ServiceApi | None] = []  # [] = not decided yet
@@ -49,3 +49,14 @@ def set_shared(service: ServiceApi | None) -> None:
     """Make ``service`` (started) the process-wide one; None: decode in-process. Returns nothing."""
     with _lock:
         _shared[:] = [service]
+
+
+def shared_for(device: str | object) -> tuple[ServiceApi | None, int | None]:
+    """The shared service and the GPU to ask it for, for a request that names ``device``; (None, None) when it
+    runs in this process: no service, or ``device="cpu"`` (the caller asked for this process's CPU, and a service
+    picks its workers' devices itself). Raises ``ValueError`` for a device that is not one of mmprep's choices."""
+    from ..device import parse_device
+
+    kind, gpu = parse_device(device)
+    svc = shared() if kind != "cpu" else None
+    return (svc, gpu if kind == "cuda" else None) if svc is not None else (None, None)

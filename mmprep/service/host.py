@@ -304,7 +304,7 @@ def _start(client: HostClient, address: str, start_timeout: float, idle_exit: fl
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m mmprep.service.host", description="Run the host's mmprep service.")
     ap.add_argument("--address", default=None, help="Unix socket path (default: MMPREP_SERVICE or /tmp/...)")
-    ap.add_argument("--gpus", default=None, help="GPU ordinals, e.g. 0,1 (default: every visible GPU)")
+    ap.add_argument("--gpus", default=None, help="GPU ordinals, e.g. 0,1 (default: every visible GPU; \"\": none, CPU workers only)")
     ap.add_argument("--workers-per-gpu", type=int, default=WORKERS_PER_GPU)
     ap.add_argument("--cpu-workers", type=int, default=None)
     ap.add_argument("--threads", type=int, default=8)
@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--idle-exit", type=float, default=0.0, help="exit after this many seconds without callers (0: never)")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    gpus = [int(x) for x in a.gpus.split(",")] if a.gpus else None
+    gpus = None if a.gpus is None else [int(x) for x in a.gpus.split(",") if x.strip()]  # "": no GPU workers
     serve(a.address, idle_exit=a.idle_exit, gpus=gpus, workers_per_gpu=a.workers_per_gpu,
           cpu_workers=a.cpu_workers, threads=a.threads, queue_depth=a.queue_depth)
 

@@ -18,7 +18,6 @@ from vllm.multimodal.video import get_video_loader_backend_for_processor
 import vllm.envs as envs
 
 from ..config import settings
-from ..device import parse_device
 from ..image import decode_images
 from . import identity
 from .loader import SAMPLERS
@@ -38,12 +37,11 @@ class MmprepImageMediaIO(ImageMediaIO):
             return super().load_bytes(data)
         limit = envs.VLLM_MAX_IMAGE_PIXELS
         max_pixels = min(limit, settings().max_image_pixels) if limit > 0 else settings().max_image_pixels
-        from ..service import shared
+        from ..service import shared_for
 
-        svc = shared()
+        svc, gpu = shared_for(self.device)
         if svc is not None:  # decoded by a service worker (on its GPU), opened here
-            kind, gpu = parse_device(self.device)
-            image = svc.decode_image(data, gpu=gpu if kind == "cuda" else None, max_pixels=max_pixels,
+            image = svc.decode_image(data, gpu=gpu, max_pixels=max_pixels,
                                      rgba_background=self.rgba_background_color)
         else:
             (image,) = decode_images(

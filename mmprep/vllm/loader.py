@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..device import parse_device
 from ..probe import StreamInfo
 from ..video import decode_video
 from . import identity
@@ -32,7 +31,8 @@ SAMPLERS: dict[str, str] = {
 """vLLM loader whose sampling is reused -> name of the mmprep loader registered for it."""
 
 OPTIONS = {
-    "device": "where to decode: 'auto' (NVDEC when possible, else CPU), 'cuda', 'cuda:N' or 'cpu'",
+    "device": "where to decode: 'auto' (NVDEC when possible, else CPU), 'cuda', 'cuda:N' or 'cpu' ('cpu' decodes in "
+              "this process also when MMPREP_WORKERS hands the others to service workers)",
     "frames_on": "'auto' (default): 'device' where mmprep's processor hook takes them (Qwen samplers with "
                  "MMPREP_PROCESSOR on), else 'host'; 'device' keeps NVDEC frames on the GPU; 'host' copies them out",
 }
@@ -111,12 +111,11 @@ def make_loader(base: type, sampler: str) -> type:
                     return hit
             # vLLM's own sampler, as a picklable callable: it also runs inside service workers.
             pick = functools.partial(sample_like_vllm, sampler, (num_frames, fps, max_duration), dict(kwargs))
-            from ..service import shared
+            from ..service import shared_for
 
-            svc = shared()
+            svc, gpu = shared_for(device)
             if svc is not None:
-                kind, gpu = parse_device(device)
-                video = svc.decode_video(data, indices=pick, gpu=gpu if kind == "cuda" else None)
+                video = svc.decode_video(data, indices=pick, gpu=gpu)
             else:
                 video = decode_video(data, indices=pick, device=device)
             frames: torch.Tensor | np.ndarray = video.frames
