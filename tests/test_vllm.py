@@ -37,6 +37,11 @@ PROMPT_VIDEO = "<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>Des
 PROMPT_IMAGE = "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Describe<|im_end|>\n"
 
 
+def media(item):
+    """The media of one parsed item: vLLM 0.32 wraps it with its bytes (``MediaWithBytes``), 0.26 does not."""
+    return getattr(item, "media", item)
+
+
 def data_url(kind: str, data: bytes) -> str:
     return f"data:{kind};base64,{base64.b64encode(data).decode()}"
 
@@ -127,7 +132,7 @@ def test_video_media_io_uses_mmprep(plugin):
     io = VideoMediaIO(ImageMediaIO(), num_frames=8)
     assert type(io.video_loader).__name__ == "MmprepVideoBackend"
     got = io.load_bytes(data)
-    frames, meta = getattr(got, "media", got)  # 0.32 wraps it with the bytes (MediaWithBytes), 0.26 does not
+    frames, meta = media(got)
     ref_frames, ref_meta = plugin.load("opencv").load_bytes(data, num_frames=8)
     assert meta["video_backend"] == "mmprep" and ref_meta["video_backend"] == "opencv"
     assert {k: v for k, v in meta.items() if k != "video_backend"} == {
@@ -148,8 +153,8 @@ def test_qwen2_vl_video_matches_opencv_through_real_processor(plugin, model_conf
     part = {"type": "video_url", "video_url": {"url": url}}
     mine = chat(model_config, part)
     ref = chat(model_config, part, media_io_kwargs={"video": {"video_backend": "qwen2_vl"}})
-    (frames, meta), = [v.media if hasattr(v, "media") else v for v in mine["video"]]
-    (ref_frames, ref_meta), = [v.media if hasattr(v, "media") else v for v in ref["video"]]
+    (frames, meta), = [media(v) for v in mine["video"]]
+    (ref_frames, ref_meta), = [media(v) for v in ref["video"]]
     assert meta["video_backend"] == "mmprep" and ref_meta["video_backend"] == "opencv"
     assert meta["frames_indices"] == ref_meta["frames_indices"]  # the qwen2_vl fps=2 sampler, both
     out, kw = run_processor(processor, PROMPT_VIDEO, mine)
@@ -168,7 +173,7 @@ def test_media_io_kwargs_reach_the_loader(plugin, model_config):
     url = data_url("video/mp4", clip("h264", width=320, height=240, frames=60, fps=20, gop=20))
     part = {"type": "video_url", "video_url": {"url": url}}
     mm = chat(model_config, part, media_io_kwargs={"video": {"fps": 4, "device": "cpu"}})
-    (frames, meta), = [v.media for v in mm["video"]]
+    (frames, meta), = [media(v) for v in mm["video"]]
     assert len(meta["frames_indices"]) == 12 and frames.shape[0] == 12  # 3 s at 4 fps (qwen2_vl sampler)
     with pytest.raises(ValueError, match="seek_mode is an option of another video backend"):
         chat(model_config, part, media_io_kwargs={"video": {"seek_mode": "exact"}})
@@ -193,12 +198,12 @@ def test_images_through_connector_match_pil(connector_env, model_config, process
     part = {"type": "image_url", "image_url": {"url": data_url(f"image/{fmt}", data)}}
     mine = chat(model_config, part)
     (item,) = mine["image"]
-    assert isinstance(getattr(item, "media", item), torch.Tensor)
-    assert identity.tag_of(item) == identity.digest(data, "image", "cpu", tuple(item.media.shape), (255, 255, 255))
+    assert isinstance(media(item), torch.Tensor)
+    assert identity.tag_of(item) == identity.digest(data, "image", "cpu", tuple(media(item).shape), (255, 255, 255))
     os.environ["VLLM_MEDIA_CONNECTOR"] = "http"
     ref = chat(model_config, part)
     os.environ["VLLM_MEDIA_CONNECTOR"] = "mmprep"
-    assert isinstance(getattr(ref["image"][0], "media", ref["image"][0]), Image.Image)
+    assert isinstance(media(ref["image"][0]), Image.Image)
     out, kw = run_processor(processor, PROMPT_IMAGE, mine)
     ref_out, ref_kw = run_processor(processor, PROMPT_IMAGE, ref)
     assert placeholder_counts(out, "image") == placeholder_counts(ref_out, "image")
@@ -216,7 +221,7 @@ def test_connector_video_uses_model_sampler(connector_env, model_config):
         register()
         url = data_url("video/mp4", clip("h264", width=320, height=240, frames=45, fps=15, gop=15))
         mm = chat(model_config, {"type": "video_url", "video_url": {"url": url}})
-        (frames, meta), = [v.media for v in mm["video"]]
+        (frames, meta), = [media(v) for v in mm["video"]]
         assert meta["video_backend"] == "mmprep" and len(meta["frames_indices"]) == 6
     finally:
         os.environ["VLLM_VIDEO_LOADER_BACKEND"] = "mmprep"
@@ -241,7 +246,7 @@ def test_bad_video_is_a_request_error(plugin, model_config, case):
     # The same process then serves a good request.
     good = data_url("video/mp4", clip("h264", width=320, height=240, frames=45, fps=15, gop=15))
     mm = chat(model_config, {"type": "video_url", "video_url": {"url": good}})
-    assert mm["video"][0].media[1]["video_backend"] == "mmprep"
+    assert media(mm["video"][0])[1]["video_backend"] == "mmprep"
 
 
 @pytest.mark.parametrize("case", ["random", "truncated"])
