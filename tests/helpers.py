@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -17,6 +18,35 @@ from mmprep.testing import make_video
 def clip(codec: str = "h264", **kwargs) -> bytes:
     """Encode (once per session) a synthetic clip; kwargs as ``mmprep.testing.make_video``."""
     return make_video(codec, **kwargs)
+
+
+@contextlib.contextmanager
+def vllm_plugins_loaded(**env: str | None):
+    """vLLM's general plugins loaded as every vLLM process loads them, with ``env`` set (None: unset); afterwards
+    the environment as it was, mmprep's routing re-synced to it and vLLM's own processors back (on a GPU host
+    ``MMPREP_PROCESSOR=auto`` swaps in mmprep's; later modules test vLLM's)."""
+    import vllm.plugins
+
+    from mmprep.vllm import processor, register
+
+    old = {k: os.environ.get(k) for k in env}
+
+    def put(values: dict[str, str | None]) -> None:
+        for k, v in values.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+    put(env)
+    vllm.plugins.plugins_loaded = False
+    vllm.plugins.load_general_plugins()
+    try:
+        yield
+    finally:
+        put(old)
+        register()
+        processor.uninstall()
 
 
 def report(name: str, **values) -> None:

@@ -7,7 +7,6 @@ Needs vLLM's Python sources importable (the GPU machine runs them without vLLM's
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 
 import numpy as np
 import pytest
@@ -16,7 +15,7 @@ import torch
 import mmprep
 from mmprep.vllm import identity
 
-from .helpers import clip, report
+from .helpers import clip, report, vllm_plugins_loaded
 
 pytestmark = pytest.mark.gpu
 
@@ -25,26 +24,12 @@ vllm = pytest.importorskip("vllm.multimodal.video", reason="vLLM is not importab
 
 @pytest.fixture(scope="module")
 def registry():
-    """vLLM's plugins loaded with mmprep routed; afterwards the environment, the routing and vLLM's processors as
-    they were (later modules test vLLM unchanged)."""
-    import vllm.plugins
+    """vLLM's plugins loaded with mmprep routed (found through its entry point); afterwards as they were."""
     from vllm.multimodal.video import VIDEO_LOADER_REGISTRY
 
-    from mmprep.vllm import processor, register
-
-    old = {k: os.environ.get(k) for k in ("VLLM_VIDEO_LOADER_BACKEND", "VLLM_PLUGINS")}
-    os.environ.update(VLLM_VIDEO_LOADER_BACKEND="mmprep", VLLM_PLUGINS="mmprep")
-    vllm.plugins.plugins_loaded = False
-    vllm.plugins.load_general_plugins()  # finds mmprep through its entry point
-    assert "mmprep_qwen2_vl" in VIDEO_LOADER_REGISTRY.name2class
-    yield VIDEO_LOADER_REGISTRY
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    processor.uninstall()
-    register()
+    with vllm_plugins_loaded(VLLM_VIDEO_LOADER_BACKEND="mmprep", VLLM_PLUGINS="mmprep"):
+        assert "mmprep_qwen2_vl" in VIDEO_LOADER_REGISTRY.name2class
+        yield VIDEO_LOADER_REGISTRY
 
 
 def test_loader_keeps_frames_on_gpu_within_vllm_budget(registry):

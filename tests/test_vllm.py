@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from .images import encode, jpeg, pattern
-from .helpers import clip, report
+from .helpers import clip, report, vllm_plugins_loaded
 
 vllm = pytest.importorskip("vllm", reason="vLLM is not installed (pip install mmprep[test])")
 
@@ -49,25 +49,10 @@ def data_url(kind: str, data: bytes) -> str:
 @pytest.fixture(scope="module")
 def plugin():
     """Load vLLM's general plugins the way every vLLM process does, with the env var set."""
-    import vllm.plugins
     from vllm.multimodal.video import VIDEO_LOADER_REGISTRY
 
-    from mmprep.vllm import processor, register
-
-    old = {k: os.environ.get(k) for k in ("VLLM_VIDEO_LOADER_BACKEND", "VLLM_PLUGINS", "VLLM_MEDIA_CONNECTOR")}
-    os.environ["VLLM_VIDEO_LOADER_BACKEND"] = "mmprep"
-    os.environ.pop("VLLM_PLUGINS", None)
-    os.environ.pop("VLLM_MEDIA_CONNECTOR", None)
-    vllm.plugins.plugins_loaded = False
-    vllm.plugins.load_general_plugins()
-    yield VIDEO_LOADER_REGISTRY
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    register()  # re-sync routing with the restored environment
-    processor.uninstall()  # on a GPU host "auto" swapped in mmprep's processor: later modules test vLLM's own
+    with vllm_plugins_loaded(VLLM_VIDEO_LOADER_BACKEND="mmprep", VLLM_PLUGINS=None, VLLM_MEDIA_CONNECTOR=None):
+        yield VIDEO_LOADER_REGISTRY
 
 
 @pytest.fixture(scope="module")
