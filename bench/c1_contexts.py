@@ -7,12 +7,17 @@ CPUs its busy threads were last seen on (counts over the block's requests), as o
   alone; then a third, C, starts and B and C take turns.
 - ``launch``: a ``multiprocessing`` spawned child S, a child P started by ``subprocess`` as a plain
   ``python3 bench/c1_contexts.py --child``, and this process M (its CUDA context made last) take turns.
+- ``worker``: which of the service worker's differences from a plain child makes its decode slower? This process M
+  and four ``multiprocessing`` children decoding in-process — S as above, H reading the clip from a shared-memory
+  segment in place (as a worker does), T running each request on one of 8 threads that otherwise wait (as a worker's
+  do), X both — and W, ``mmprep.service.MediaService`` on GPU 0 (two workers), take turns. Each block also gives
+  the median ms of ``decode_video`` alone (for W: the worker's own count), which is what differed in the c=1 pairs.
 
-    python3 bench/c1_contexts.py h264_1080p_gop250 11 [order|launch]   # clip (bench/media.py), requests per block
+    python3 bench/c1_contexts.py h264_1080p_gop250 11 [order|launch|worker]   # clip (bench/media.py), requests per block
 
 Run from the repository root.
 """
-import json, sys, time
+import json, os, sys, time
 import multiprocessing as mp
 
 sys.path.insert(0, "bench")
@@ -24,7 +29,6 @@ from util import decode_preprocess, median, sample32_of, wall_ms  # noqa: E402
 
 def tasks():
     """{thread id: (CPU ticks used, CPU it last ran on)} for this process's threads."""
-    import os
 
     out = {}
     for tid in os.listdir("/proc/self/task"):
@@ -36,32 +40,101 @@ def tasks():
     return out
 
 
+DEVICE = os.environ.get("C1_DEVICE", "cuda:0")  # "cpu": a smoke test of the script on a machine without a GPU
+
+
 class Runner:
     """Decode + preprocess ``clip`` on GPU 0 in this process, warmed up at once; ``run(n)``: the median ms of n, the
-    process's CPU-ms per request (all its threads) and the CPUs its busy threads were last on."""
+    process's CPU-ms per request (all its threads) and the CPUs its busy threads were last on; with ``decode_ms``,
+    the median ms of the decodes alone after them. ``variant`` (the ``worker`` mode): "shm" reads the clip from a
+    shared-memory segment in place, "thread" runs each request on one of 8 waiting threads, "shm+thread" both."""
 
-    def __init__(self, clip):
-        self.data = clip_path(clip).read_bytes()
-        self.idx = sample32_of(self.data)
+    def __init__(self, clip, variant="", decode_ms=False):
+        data = clip_path(clip).read_bytes()
+        self.idx, self.decode_ms, self.pool = sample32_of(data), decode_ms, None
+        if "shm" in variant:
+            from multiprocessing import shared_memory
+
+            self.shm = shared_memory.SharedMemory(create=True, size=len(data))
+            self.shm.buf[: len(data)] = data
+            data = self.shm.buf[: len(data)]
+        if "thread" in variant:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self.pool = ThreadPoolExecutor(8)
+            list(self.pool.map(lambda _: time.sleep(0.01), range(8)))  # all 8 threads started, then waiting
+        self.data = data
         for _ in range(3):
-            decode_preprocess(self.data, self.idx, "cuda:0")
-        torch.cuda.synchronize()
+            self.one({})
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+    def close(self):
+        """Give back the shared-memory segment and the threads."""
+        if hasattr(self, "shm"):
+            self.data.release()
+            self.shm.close()
+            self.shm.unlink()
+        if self.pool:
+            self.pool.shutdown()
+
+    def one(self, spent):
+        call = lambda: decode_preprocess(self.data, self.idx, DEVICE, spent)  # noqa: E731
+        return self.pool.submit(call).result() if self.pool else call()
 
     def run(self, n):
-        ms, c0, cpus = [], time.process_time(), {}
+        ms, dec, c0, cpus = [], [], time.process_time(), {}
         for _ in range(n):
-            before = tasks()
-            ms.append(wall_ms(lambda: decode_preprocess(self.data, self.idx, "cuda:0")))
+            before, spent = tasks(), {}
+            ms.append(wall_ms(lambda: self.one(spent)))
+            dec.append(1000 * spent["decode"])
             for tid, (ticks, cpu) in tasks().items():  # the CPU each thread that ran during the request was last on
                 if ticks > before.get(tid, (0, 0))[0]:
                     cpus[cpu] = cpus.get(cpu, 0) + 1
-        return median(ms), round(1000 * (time.process_time() - c0) / n, 1), dict(sorted(cpus.items()))
+        out = median(ms), round(1000 * (time.process_time() - c0) / n, 1), dict(sorted(cpus.items()))
+        return (*out, median(dec)) if self.decode_ms else out
+
+
+class Served:
+    """W of the ``worker`` mode: the same requests through ``mmprep.service.MediaService`` on GPU 0 (two workers);
+    ``run(n)``: median ms here, this process's CPU-ms per request, {} (the workers' CPUs are not read here) and the
+    median of the workers' own decode ms."""
+
+    def __init__(self, clip):
+        from mmprep.service import MediaService
+        from util import PREPROCESS
+
+        self.data = clip_path(clip).read_bytes()
+        self.idx, self.kw = sample32_of(self.data), PREPROCESS
+        gpus = [int(DEVICE.split(":")[1])] if DEVICE.startswith("cuda") else []
+        self.svc = MediaService(gpus=gpus, cpu_workers=0 if gpus else 2).start()
+        for _ in range(3):
+            self.one()
+
+    def one(self):
+        return self.svc.preprocess_video(self.data, decode={"indices": self.idx}, **self.kw)
+
+    def decoded_s(self):
+        return sum(w["decode_s"] for w in self.svc.stats()["workers"])
+
+    def run(self, n):
+        ms, dec, c0 = [], [], time.process_time()
+        for _ in range(n):
+            d0 = self.decoded_s()
+            ms.append(wall_ms(self.one))
+            dec.append(1000 * (self.decoded_s() - d0))
+        return median(ms), round(1000 * (time.process_time() - c0) / n, 1), {}, median(dec)
+
+    def send(self, msg):
+        self.out = self.run(msg[1])
+
+    def recv(self):
+        return self.out
 
 
 def facts():
     """What a process inherits that could differ between a top-level and a child process: environment, signal
     dispositions and mask, CPUs allowed, timer slack, nice value and scheduling policy."""
-    import os
 
     status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines() if ":" in line)
     out = {f"env:{k}": v for k, v in os.environ.items() if k != "C1_KEY"}
@@ -71,20 +144,20 @@ def facts():
     return out
 
 
-def proc(conn, clip):
+def proc(conn, clip, variant="", decode_ms=False):
     """Child: warm up, then answer ("run", n) with the median ms of n requests, until ("quit",)."""
-    r = Runner(clip)
+    r = Runner(clip, variant, decode_ms)
     conn.send(("ready", facts()))
     while True:
         msg = conn.recv()
         if msg[0] == "quit":
-            return
+            return r.close()
         conn.send(r.run(msg[1]))
 
 
-def start(ctx, clip):
+def start(ctx, clip, variant="", decode_ms=False):
     here, there = ctx.Pipe()
-    p = ctx.Process(target=proc, args=(there, clip), daemon=True)
+    p = ctx.Process(target=proc, args=(there, clip, variant, decode_ms), daemon=True)
     p.start()
     p.facts = here.recv()[1]
     return p, here
@@ -92,7 +165,7 @@ def start(ctx, clip):
 
 def popen(clip):
     """A child started as a plain ``python3`` process, talking over a local socket."""
-    import os, subprocess
+    import subprocess
     from multiprocessing.connection import Listener
 
     key = os.urandom(16)
@@ -108,8 +181,8 @@ def popen(clip):
 class Here:
     """This process (its main thread), answering the same messages as a child."""
 
-    def __init__(self, clip):
-        self.r, self.out = Runner(clip), None
+    def __init__(self, clip, decode_ms=False):
+        self.r, self.out = Runner(clip, decode_ms=decode_ms), None
 
     def send(self, msg):
         self.out = self.r.run(msg[1])
@@ -119,7 +192,6 @@ class Here:
 
 
 def main():
-    import os
     if sys.argv[1] == "--child":
         from multiprocessing.connection import Client
         return proc(Client(("127.0.0.1", int(sys.argv[3])), authkey=bytes.fromhex(os.environ["C1_KEY"])), sys.argv[2])
@@ -134,6 +206,18 @@ def main():
         procs[name][1].send(("run", n))
         out["blocks"].append([name, *procs[name][1].recv()])
 
+    if mode == "worker":
+        for name, variant in (("S", ""), ("H", "shm"), ("T", "thread"), ("X", "shm+thread")):
+            procs[name] = start(ctx, clip, variant, decode_ms=True)
+        procs["W"] = (None, Served(clip))
+        procs["M"] = (None, Here(clip, decode_ms=True))
+        for name in "MSHTXW" * int(os.environ.get("C1_ROUNDS", "3")):
+            block(name)
+        for name in "SHTX":
+            procs[name][1].send(("quit",)); procs[name][0].join()
+        procs["W"][1].svc.close()
+        print(json.dumps(out), flush=True)
+        return
     if mode == "launch":
         procs["S"] = start(ctx, clip)
         procs["P"] = popen(clip)
