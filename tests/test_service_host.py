@@ -13,7 +13,7 @@ import torch
 
 import mmprep
 from mmprep.service import ServiceError
-from mmprep.service.host import attach
+from mmprep.service.host import attach, parse_gpus
 
 from .helpers import clip
 
@@ -96,6 +96,13 @@ def test_a_dead_service_is_a_clear_error_and_is_restarted(address):
         attach(address, start=False)
     again = attach(address, gpus=[], cpu_workers=1)  # a stale socket is replaced by a new service
     assert again.stats()["pid"] != pid and again.ping() >= 1
+
+
+def test_gpus_argument():
+    """``attach(gpus=[])`` starts the host's service with ``--gpus ""``: CPU workers only, also on a GPU host."""
+    assert parse_gpus(None) is None and parse_gpus("") == [] and parse_gpus("0, 2") == [0, 2]
+    with pytest.raises(ValueError, match="--gpus must be comma-separated GPU ordinals"):
+        parse_gpus("cuda:0")
 
 
 def test_wrong_key_is_refused(address):

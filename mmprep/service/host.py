@@ -301,6 +301,17 @@ def _start(client: HostClient, address: str, start_timeout: float, idle_exit: fl
     return client.stats()
 
 
+def parse_gpus(text: str | None) -> list[int] | None:
+    """``--gpus`` as ``MediaService`` takes it: None (not given: every visible GPU), "" (none: CPU workers only, what
+    ``attach(gpus=[])`` passes) or comma-separated ordinals."""
+    if text is None:
+        return None
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--gpus must be comma-separated GPU ordinals (e.g. 0,1) or empty, got {text!r}") from None
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m mmprep.service.host", description="Run the host's mmprep service.")
     ap.add_argument("--address", default=None, help="Unix socket path (default: MMPREP_SERVICE or /tmp/...)")
@@ -312,8 +323,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--idle-exit", type=float, default=0.0, help="exit after this many seconds without callers (0: never)")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    gpus = None if a.gpus is None else [int(x) for x in a.gpus.split(",") if x.strip()]  # "": no GPU workers
-    serve(a.address, idle_exit=a.idle_exit, gpus=gpus, workers_per_gpu=a.workers_per_gpu,
+    serve(a.address, idle_exit=a.idle_exit, gpus=parse_gpus(a.gpus), workers_per_gpu=a.workers_per_gpu,
           cpu_workers=a.cpu_workers, threads=a.threads, queue_depth=a.queue_depth)
 
 
