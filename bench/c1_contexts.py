@@ -24,7 +24,7 @@ sys.path.insert(0, "bench")
 import torch  # noqa: E402
 
 from media import clip_path  # noqa: E402
-from util import decode_preprocess, median, sample32_of, wall_ms  # noqa: E402
+from util import decode_preprocess, median, sample32_of, service_spent, wall_ms  # noqa: E402
 
 
 def tasks():
@@ -114,15 +114,12 @@ class Served:
     def one(self):
         return self.svc.preprocess_video(self.data, decode={"indices": self.idx}, **self.kw)
 
-    def decoded_s(self):
-        return sum(w["decode_s"] for w in self.svc.stats()["workers"])
-
     def run(self, n):
         ms, dec, c0 = [], [], time.process_time()
         for _ in range(n):
-            d0 = self.decoded_s()
+            d0 = service_spent(self.svc)["decode"]
             ms.append(wall_ms(self.one))
-            dec.append(1000 * (self.decoded_s() - d0))
+            dec.append(1000 * (service_spent(self.svc)["decode"] - d0))
         return median(ms), round(1000 * (time.process_time() - c0) / n, 1), {}, median(dec)
 
     def send(self, msg):

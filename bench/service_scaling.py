@@ -33,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: bench.util beside it
 
-from bench.util import PREPROCESS, cpu_seconds, decode_preprocess, wall_ms  # noqa: E402
+from bench.util import PREPROCESS, cpu_seconds, decode_preprocess, service_spent, wall_ms  # noqa: E402
 
 
 def _children_cpu() -> float:
@@ -136,15 +136,6 @@ def paired_latency_ms(first, second, data: bytes, n: int = 16, decode_s=None) ->
         out["paired_decode_diff_ms_c1"] = _median([y - x for x, y in zip(da, db)])
         out["paired_beyond_decode_ms_c1"] = _median([(y - dy) - (x - dx) for x, y, dx, dy in zip(a, b, da, db)])
     return out
-
-
-def _busy(svc) -> dict[str, float]:
-    """Seconds all workers of ``svc`` spent so far, by phase (``busy``, ``read``, ``decode``, ``export``), and this
-    process on its side of them (``caller_input``: bytes into shared memory, ``caller_open``: opening results)."""
-    stats = svc.stats()
-    workers = stats["workers"]
-    return {**{k.removesuffix("_s"): sum(w[k] for w in workers) for k in workers[0] if k.endswith("_s")},
-            **{k.removesuffix("_s"): v for k, v in stats.items() if k.startswith("caller_")}}
 
 
 def _client(address: str, data: bytes, idx: list[int], threads: int, videos: int, go, out) -> None:
@@ -281,7 +272,7 @@ def main() -> None:
                 r = drive(served, data, a.threads_per_gpu * n, a.videos_per_gpu * n)
                 r["ipc_maps_per_video"] = (ipc.consumer_stats()["mapped"] - m0) / r["videos"]  # ~1 ms of caller CPU each
                 r["shm_new_per_video"] = (svc.stats()["shm_created"] - s0) / r["videos"]  # ~8 ms of caller CPU each
-                r.update(latency_ms(served, data, busy=lambda: _busy(svc)))
+                r.update(latency_ms(served, data, busy=lambda: service_spent(svc)))
                 r["ping_ms_c1"] = latency_ms(lambda _: svc.ping(), b"")["latency_ms_c1"]
                 here = {"decode": 0.0}
 
@@ -292,7 +283,7 @@ def main() -> None:
 
                 on_0 = lambda d: svc.preprocess_video(d, gpu=0, decode={"indices": idx}, **PREPROCESS)  # noqa: E731
                 r.update(paired_latency_ms(solo, on_0, data, n=a.pairs,  # the same GPU both ways (GPUs differ by a few ms)
-                                           decode_s=(lambda: here["decode"], lambda: _busy(svc)["decode"])))
+                                           decode_s=(lambda: here["decode"], lambda: service_spent(svc)["decode"])))
             done({"arm": "service", "gpus": n, "workers_per_gpu": w, **r})
             for c in [int(x) for x in a.clients.split(",") if x]:
                 r = host_arm(gpus, w, c, data, idx, a.threads_per_gpu * n, a.videos_per_gpu * n)

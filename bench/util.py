@@ -33,6 +33,16 @@ def wall_ms(fn) -> float:
     return 1000 * (time.perf_counter() - t0)
 
 
+def service_spent(svc) -> dict[str, float]:
+    """Seconds all workers of the ``mmprep.service`` ``svc`` spent so far, by phase (``busy``, ``read``, ``decode``,
+    ``export``), and this process on its side of them (``caller_input``: bytes into shared memory, ``caller_open``:
+    opening results)."""
+    stats = svc.stats()
+    workers = stats["workers"]
+    return {**{k.removesuffix("_s"): sum(w[k] for w in workers) for k in workers[0] if k.endswith("_s")},
+            **{k.removesuffix("_s"): v for k, v in stats.items() if k.startswith("caller_")}}
+
+
 def median(xs, digits: int = 1) -> float:
     """The median of ``xs``, rounded to ``digits`` (what the c=1 diagnostics print)."""
     return round(statistics.median(xs), digits)
