@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import builtins
 import ctypes
+import functools
 import logging
 import mmap
 import os
@@ -128,14 +129,9 @@ class _bound:
         _driver().cuCtxPopCurrent_v2(ctypes.byref(ctypes.c_void_p()))
 
 
-_uuids: dict[int, str] = {}
-
-
+@functools.cache
 def _device_uuid(index: int) -> str:
-    uuid = _uuids.get(index)
-    if uuid is None:
-        uuid = _uuids[index] = str(torch.cuda.get_device_properties(index).uuid)
-    return uuid
+    return str(torch.cuda.get_device_properties(index).uuid)
 
 
 def _local_device(uuid: str) -> int:

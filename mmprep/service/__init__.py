@@ -8,6 +8,8 @@ against one service per host, shared by every process. The core never imports th
 
 import threading
 
+import torch
+
 from .pool import MediaService, ServiceApi, ServiceBusyError, ServiceError, WorkerCrashedError
 
 __all__ = ["MediaService", "ServiceApi", "ServiceError", "WorkerCrashedError", "ServiceBusyError", "shared",
@@ -51,12 +53,14 @@ def set_shared(service: ServiceApi | None) -> None:
         _shared[:] = [service]
 
 
-def shared_for(device: str | object) -> tuple[ServiceApi | None, int | None]:
-    """The shared service and the GPU to ask it for, for a request that names ``device``; (None, None) when it
-    runs in this process: no service, or ``device="cpu"`` (the caller asked for this process's CPU, and a service
-    picks its workers' devices itself). Raises ``ValueError`` for a device that is not one of mmprep's choices."""
+def shared_for(device: str | torch.device) -> tuple[ServiceApi | None, int | None]:
+    """The shared service and the GPU to ask it for (None: its choice), for a request that names ``device``;
+    (None, None) when it runs in this process: no service, or ``device="cpu"`` (the caller asked for this process's
+    CPU, and a service picks its workers' devices itself). Raises ``ValueError`` for a device that is not one of
+    mmprep's choices."""
     from ..device import parse_device
 
-    kind, gpu = parse_device(device)
-    svc = shared() if kind != "cpu" else None
-    return (svc, gpu if kind == "cuda" else None) if svc is not None else (None, None)
+    kind, gpu = parse_device(device)  # gpu: None for "auto" and "cuda"
+    if kind == "cpu" or (svc := shared()) is None:
+        return None, None
+    return svc, gpu
