@@ -12,6 +12,9 @@ CPUs its busy threads were last seen on (counts over the block's requests), as o
   segment in place (as a worker does), T running each request on one of 8 threads that otherwise wait (as a worker's
   do), X both — and W, ``mmprep.service.MediaService`` on GPU 0 (two workers), take turns. Each block also gives
   the median ms of ``decode_video`` alone (for W: the worker's own count), which is what differed in the c=1 pairs.
+  ``C1_WORKER_BLOCKS`` picks the children (default "SHTX"); with Q (X started as a worker is: torch's ``spawn``
+  context, device set and kernels loaded first), E (Q that also lends its result by ``mmprep.ipc``) and 1 (a
+  service with one worker on the GPU) the rest of the worker's differences are covered.
 
     python3 bench/c1_contexts.py h264_1080p_gop250 11 [order|launch|worker]   # clip (bench/media.py), requests per block
 
@@ -27,13 +30,13 @@ from media import clip_path  # noqa: E402
 from util import decode_preprocess, median, sample32_of, service_spent, wall_ms  # noqa: E402
 
 
-def tasks():
-    """{thread id: (CPU ticks used, CPU it last ran on)} for this process's threads."""
+def tasks(pid="self"):
+    """{thread id: (CPU ticks used, CPU it last ran on)} for the threads of process ``pid`` (default: this one)."""
 
     out = {}
-    for tid in os.listdir("/proc/self/task"):
+    for tid in os.listdir(f"/proc/{pid}/task"):
         try:
-            f = open(f"/proc/self/task/{tid}/stat").read().rsplit(")", 1)[1].split()
+            f = open(f"/proc/{pid}/task/{tid}/stat").read().rsplit(")", 1)[1].split()
         except OSError:
             continue
         out[tid] = (int(f[11]) + int(f[12]), int(f[36]))  # utime + stime, processor (fields 14, 15, 39)
@@ -47,7 +50,9 @@ class Runner:
     """Decode + preprocess ``clip`` on GPU 0 in this process, warmed up at once; ``run(n)``: the median ms of n, the
     process's CPU-ms per request (all its threads) and the CPUs its busy threads were last on; with ``decode_ms``,
     the median ms of the decodes alone after them. ``variant`` (the ``worker`` mode): "shm" reads the clip from a
-    shared-memory segment in place, "thread" runs each request on one of 8 waiting threads, "shm+thread" both."""
+    shared-memory segment in place, "thread" runs each request on one of 8 waiting threads, "shm+thread" both;
+    "export" also lends the result's pixels by ``mmprep.ipc.share`` and marks the lease released at once (as a caller
+    that opened and dropped it would), so the lease reaper runs as in a worker."""
 
     def __init__(self, clip, variant="", decode_ms=False):
         data = clip_path(clip).read_bytes()
@@ -63,7 +68,7 @@ class Runner:
 
             self.pool = ThreadPoolExecutor(8)
             list(self.pool.map(lambda _: time.sleep(0.01), range(8)))  # all 8 threads started, then waiting
-        self.data = data
+        self.data, self.export = data, "export" in variant
         for _ in range(3):
             self.one({})
         if torch.cuda.is_available():
@@ -80,7 +85,13 @@ class Runner:
 
     def one(self, spent):
         call = lambda: decode_preprocess(self.data, self.idx, DEVICE, spent)  # noqa: E731
-        return self.pool.submit(call).result() if self.pool else call()
+        out = self.pool.submit(call).result() if self.pool else call()
+        if self.export and out["pixel_values_videos"].is_cuda:
+            from mmprep import ipc
+
+            h = ipc.share(out["pixel_values_videos"])
+            ipc._get_producer().table.set_state(h.slot, ipc._RELEASED, pid=0)  # what the caller's release writes
+        return out
 
     def run(self, n):
         ms, dec, c0, cpus = [], [], time.process_time(), {}
@@ -98,16 +109,16 @@ class Runner:
 class Served:
     """W of the ``worker`` mode: the same requests through ``mmprep.service.MediaService`` on GPU 0 (two workers);
     ``run(n)``: median ms here, this process's CPU-ms per request, {} (the workers' CPUs are not read here) and the
-    median of the workers' own decode ms."""
+    median of the workers' own decode ms; the CPUs are those the first worker's busy threads were last on."""
 
-    def __init__(self, clip):
+    def __init__(self, clip, workers_per_gpu=2):
         from mmprep.service import MediaService
         from util import PREPROCESS
 
         self.data = clip_path(clip).read_bytes()
         self.idx, self.kw = sample32_of(self.data), PREPROCESS
         gpus = [int(DEVICE.split(":")[1])] if DEVICE.startswith("cuda") else []
-        self.svc = MediaService(gpus=gpus, cpu_workers=0 if gpus else 2).start()
+        self.svc = MediaService(gpus=gpus, workers_per_gpu=workers_per_gpu, cpu_workers=0 if gpus else 2).start()
         for _ in range(3):
             self.one()
 
@@ -115,12 +126,16 @@ class Served:
         return self.svc.preprocess_video(self.data, decode={"indices": self.idx}, **self.kw)
 
     def run(self, n):
-        ms, dec, c0 = [], [], time.process_time()
+        ms, dec, c0, cpus = [], [], time.process_time(), {}
+        pid = self.svc._workers[0].process.pid  # at c=1 every request goes to the first (least loaded) worker
         for _ in range(n):
-            d0 = service_spent(self.svc)["decode"]
+            d0, before = service_spent(self.svc)["decode"], tasks(pid)
             ms.append(wall_ms(self.one))
             dec.append(1000 * (service_spent(self.svc)["decode"] - d0))
-        return median(ms), round(1000 * (time.process_time() - c0) / n, 1), {}, median(dec)
+            for tid, (ticks, cpu) in tasks(pid).items():
+                if ticks > before.get(tid, (0, 0))[0]:
+                    cpus[cpu] = cpus.get(cpu, 0) + 1
+        return median(ms), round(1000 * (time.process_time() - c0) / n, 1), dict(sorted(cpus.items())), median(dec)
 
     def send(self, msg):
         self.out = self.run(msg[1])
@@ -142,7 +157,13 @@ def facts():
 
 
 def proc(conn, clip, variant="", decode_ms=False):
-    """Child: warm up, then answer ("run", n) with the median ms of n requests, until ("quit",)."""
+    """Child: warm up, then answer ("run", n) with the median ms of n requests, until ("quit",). Variant "init"
+    starts as a worker does: current device set, fused kernels loaded before anything else."""
+    if "init" in variant and DEVICE.startswith("cuda"):
+        from mmprep import kernels
+
+        torch.cuda.set_device(torch.device(DEVICE))
+        kernels.fused(wait=True)
     r = Runner(clip, variant, decode_ms)
     conn.send(("ready", facts()))
     while True:
@@ -153,6 +174,10 @@ def proc(conn, clip, variant="", decode_ms=False):
 
 
 def start(ctx, clip, variant="", decode_ms=False):
+    if "tmp" in variant:  # started as the service starts its workers
+        import torch.multiprocessing as tmp
+
+        ctx = tmp.get_context("spawn")
     here, there = ctx.Pipe()
     p = ctx.Process(target=proc, args=(there, clip, variant, decode_ms), daemon=True)
     p.start()
@@ -204,15 +229,23 @@ def main():
         out["blocks"].append([name, *procs[name][1].recv()])
 
     if mode == "worker":
-        for name, variant in (("S", ""), ("H", "shm"), ("T", "thread"), ("X", "shm+thread")):
+        kids = {"S": "", "H": "shm", "T": "thread", "X": "shm+thread", "Q": "shm+thread+tmp+init",
+                "E": "shm+thread+tmp+init+export"}
+        kids = {k: v for k, v in kids.items() if k in os.environ.get("C1_WORKER_BLOCKS", "SHTX")}
+        for name, variant in kids.items():
             procs[name] = start(ctx, clip, variant, decode_ms=True)
         procs["W"] = (None, Served(clip))
+        if "1" in os.environ.get("C1_WORKER_BLOCKS", ""):
+            procs["1"] = (None, Served(clip, workers_per_gpu=1))
         procs["M"] = (None, Here(clip, decode_ms=True))
-        for name in "MSHTXW" * int(os.environ.get("C1_ROUNDS", "3")):
+        names = "M" + "".join(kids) + "W" + ("1" if "1" in procs else "")
+        for name in names * int(os.environ.get("C1_ROUNDS", "3")):
             block(name)
-        for name in "SHTX":
+        for name in kids:
             procs[name][1].send(("quit",)); procs[name][0].join()
-        procs["W"][1].svc.close()
+        for name in "W1":
+            if name in procs:
+                procs[name][1].svc.close()
         print(json.dumps(out), flush=True)
         return
     if mode == "launch":
