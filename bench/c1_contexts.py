@@ -14,7 +14,8 @@ CPUs its busy threads were last seen on (counts over the block's requests), as o
   the median ms of ``decode_video`` alone (for W: the worker's own count), which is what differed in the c=1 pairs.
   ``C1_WORKER_BLOCKS`` picks the children (default "SHTX"); with Q (X started as a worker is: torch's ``spawn``
   context, device set and kernels loaded first), E (Q that also lends its result by ``mmprep.ipc``) and 1 (a
-  service with one worker on the GPU) the rest of the worker's differences are covered.
+  service with one worker on the GPU) the rest of the worker's differences are covered. E's parts: Y (the lease
+  ended at once), I (only the memory's IPC handle), V (only an interprocess event), D (no IPC, result held 20 ms).
 
     python3 bench/c1_contexts.py h264_1080p_gop250 11 [order|launch|worker]   # clip (bench/media.py), requests per block
 
@@ -68,7 +69,8 @@ class Runner:
 
             self.pool = ThreadPoolExecutor(8)
             list(self.pool.map(lambda _: time.sleep(0.01), range(8)))  # all 8 threads started, then waiting
-        self.data, self.export = data, "export" in variant
+        self.data = data
+        self.export = next((v for v in variant.split("+") if v in ("export", "exportsync", "ipcmem", "ipcevent", "hold")), "")
         for _ in range(3):
             self.one({})
         if torch.cuda.is_available():
@@ -87,11 +89,38 @@ class Runner:
         call = lambda: decode_preprocess(self.data, self.idx, DEVICE, spent)  # noqa: E731
         out = self.pool.submit(call).result() if self.pool else call()
         if self.export and out["pixel_values_videos"].is_cuda:
-            from mmprep import ipc
-
-            h = ipc.share(out["pixel_values_videos"])
-            ipc._get_producer().table.set_state(h.slot, ipc._RELEASED, pid=0)  # what the caller's release writes
+            self.lend(out["pixel_values_videos"])
         return out
+
+    def lend(self, t):
+        """One part of what a worker does with its result, by ``self.export``: "export" all of ``ipc.share`` (the
+        lease marked released at once, as a caller that opened and dropped it would; the reaper ends it),
+        "exportsync" the same ended here at once, "ipcmem" only the memory's IPC handle, "ipcevent" only an
+        interprocess event recorded after it, "hold" no IPC, the tensor kept for 20 ms (the reaper's poll)."""
+        import ctypes
+        import threading
+        from mmprep import ipc
+
+        if self.export in ("export", "exportsync"):
+            h = ipc.share(t)
+            ipc._get_producer().table.set_state(h.slot, ipc._RELEASED, pid=0)  # what the caller's release writes
+            if self.export == "exportsync":
+                ipc.wait_released(h)
+        elif self.export == "ipcmem":
+            with ipc._bound(t.device.index or 0):
+                lib, base, size, hd = ipc._driver(), ctypes.c_uint64(), ctypes.c_size_t(), ipc._IpcMemHandle()
+                ipc._check(lib.cuMemGetAddressRange_v2(ctypes.byref(base), ctypes.byref(size),
+                                                       ctypes.c_uint64(t.data_ptr())), "cuMemGetAddressRange")
+                ipc._check(lib.cuIpcGetMemHandle(ctypes.byref(hd), base), "cuIpcGetMemHandle")
+        elif self.export == "ipcevent":
+            p = ipc._get_producer()
+            ev = p.event(t.device.index or 0)
+            ev[1].record(torch.cuda.current_stream(t.device))
+            with p.cond:
+                p.events.append(ev)
+        elif self.export == "hold":
+            self.held = t
+            threading.Timer(0.02, self.__dict__.pop, args=("held", None)).start()
 
     def run(self, n):
         ms, dec, c0, cpus = [], [], time.process_time(), {}
@@ -229,8 +258,9 @@ def main():
         out["blocks"].append([name, *procs[name][1].recv()])
 
     if mode == "worker":
-        kids = {"S": "", "H": "shm", "T": "thread", "X": "shm+thread", "Q": "shm+thread+tmp+init",
-                "E": "shm+thread+tmp+init+export"}
+        q = "shm+thread+tmp+init"
+        kids = {"S": "", "H": "shm", "T": "thread", "X": "shm+thread", "Q": q, "E": q + "+export",
+                "Y": q + "+exportsync", "I": q + "+ipcmem", "V": q + "+ipcevent", "D": q + "+hold"}
         kids = {k: v for k, v in kids.items() if k in os.environ.get("C1_WORKER_BLOCKS", "SHTX")}
         for name, variant in kids.items():
             procs[name] = start(ctx, clip, variant, decode_ms=True)
