@@ -14,8 +14,12 @@ CPUs its busy threads were last seen on (counts over the block's requests), as o
   the median ms of ``decode_video`` alone (for W: the worker's own count), which is what differed in the c=1 pairs.
   ``C1_WORKER_BLOCKS`` picks the children (default "SHTX"); with Q (X started as a worker is: torch's ``spawn``
   context, device set and kernels loaded first), E (Q that also lends its result by ``mmprep.ipc``) and 1 (a
-  service with one worker on the GPU) the rest of the worker's differences are covered. E's parts: Y (the lease
-  ended at once), I (only the memory's IPC handle), V (only an interprocess event), D (no IPC, result held 20 ms).
+  service with one worker on the GPU) the rest of the worker's differences are covered. E's parts (``LEND``): Y
+  (the lease ended at once), I (only the memory's IPC handle), V (only an interprocess event), D (no IPC, result
+  held 20 ms); and theirs: P (ipc's lease table and reaper thread only), O (an interprocess event of its own), N (a
+  plain CUDA event), R (a timer thread per request, nothing held), L (result held 20 ms by one long-lived thread).
+  Blocks end with the decoding process's page faults and context switches per request (W: its first worker's); ``C1_SHUFFLE=1`` shuffles each
+  round's order.
 
     python3 bench/c1_contexts.py h264_1080p_gop250 11 [order|launch|worker]   # clip (bench/media.py), requests per block
 
@@ -44,7 +48,47 @@ def tasks(pid="self"):
     return out
 
 
+def rusage(pid=None):
+    """The minor page faults and voluntary / involuntary context switches so far of this process (or ``pid``'s,
+    summed over its live threads from /proc)."""
+    import resource
+
+    if pid is None:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_minflt, r.ru_nvcsw, r.ru_nivcsw
+    flt = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[7])
+    sw = [0, 0]
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            st = dict(line.split(":", 1) for line in open(f"/proc/{pid}/task/{tid}/status") if ":" in line)
+        except OSError:
+            continue
+        sw[0] += int(st["voluntary_ctxt_switches"])
+        sw[1] += int(st["nonvoluntary_ctxt_switches"])
+    return flt, *sw
+
+
+def per_request(before, after, n):
+    return dict(zip(("minflt", "nvcsw", "nivcsw"), (round((a - b) / n, 1) for a, b in zip(after, before))))
+
+
 DEVICE = os.environ.get("C1_DEVICE", "cuda:0")  # "cpu": a smoke test of the script on a machine without a GPU
+
+
+LEND = {
+    "export": "all of ipc.share; the lease marked released at once (as a caller that opened and dropped it would), "
+              "the reaper ends it",
+    "exportsync": "the same, the lease ended here at once",
+    "ipcmem": "only the memory's IPC handle (cuIpcGetMemHandle)",
+    "ipcevent": "only an interprocess event from ipc's pool (its lease table and reaper thread made), recorded",
+    "hold": "no IPC: the result kept 20 ms (the reaper's poll) by a threading.Timer made per request",
+    "producer": "only ipc's lease table and reaper thread made (once)",
+    "ownevent": "only an interprocess event of its own (made once, no lease table or reaper), recorded",
+    "event": "only a plain CUDA event (made once), recorded",
+    "timer": "only a threading.Timer per request that wakes 20 ms later and does nothing",
+    "holdthread": "no IPC: the result kept 20 ms by one long-lived thread (no thread made per request)",
+}
+"""What variants ``+<key>`` do with each request's result after it: one part of a worker's export at a time."""
 
 
 class Runner:
@@ -70,7 +114,7 @@ class Runner:
             self.pool = ThreadPoolExecutor(8)
             list(self.pool.map(lambda _: time.sleep(0.01), range(8)))  # all 8 threads started, then waiting
         self.data = data
-        self.export = next((v for v in variant.split("+") if v in ("export", "exportsync", "ipcmem", "ipcevent", "hold")), "")
+        self.export = next((v for v in variant.split("+") if v in LEND), "")
         for _ in range(3):
             self.one({})
         if torch.cuda.is_available():
@@ -93,15 +137,34 @@ class Runner:
         return out
 
     def lend(self, t):
-        """One part of what a worker does with its result, by ``self.export``: "export" all of ``ipc.share`` (the
-        lease marked released at once, as a caller that opened and dropped it would; the reaper ends it),
-        "exportsync" the same ended here at once, "ipcmem" only the memory's IPC handle, "ipcevent" only an
-        interprocess event recorded after it, "hold" no IPC, the tensor kept for 20 ms (the reaper's poll)."""
+        """One part of what a worker does with its result, by ``self.export`` (``LEND``)."""
         import ctypes
         import threading
         from mmprep import ipc
 
-        if self.export in ("export", "exportsync"):
+        if self.export == "producer":
+            ipc._get_producer()
+        elif self.export in ("ownevent", "event"):
+            if not hasattr(self, "event"):
+                self.event = torch.cuda.Event(interprocess=self.export == "ownevent")
+            self.event.record(torch.cuda.current_stream(t.device))
+        elif self.export == "timer":
+            threading.Timer(0.02, lambda: None).start()
+        elif self.export == "holdthread":
+            if not hasattr(self, "freer"):
+                import queue
+
+                self.freer = queue.SimpleQueue()
+
+                def free_later():
+                    while True:
+                        held = self.freer.get()
+                        time.sleep(0.02)
+                        del held
+
+                threading.Thread(target=free_later, daemon=True).start()
+            self.freer.put(t)
+        elif self.export in ("export", "exportsync"):
             h = ipc.share(t)
             ipc._get_producer().table.set_state(h.slot, ipc._RELEASED, pid=0)  # what the caller's release writes
             if self.export == "exportsync":
@@ -123,7 +186,7 @@ class Runner:
             threading.Timer(0.02, self.__dict__.pop, args=("held", None)).start()
 
     def run(self, n):
-        ms, dec, c0, cpus = [], [], time.process_time(), {}
+        ms, dec, c0, cpus, ru0 = [], [], time.process_time(), {}, rusage()
         for _ in range(n):
             before, spent = tasks(), {}
             ms.append(wall_ms(lambda: self.one(spent)))
@@ -132,7 +195,7 @@ class Runner:
                 if ticks > before.get(tid, (0, 0))[0]:
                     cpus[cpu] = cpus.get(cpu, 0) + 1
         out = median(ms), round(1000 * (time.process_time() - c0) / n, 1), dict(sorted(cpus.items()))
-        return (*out, median(dec)) if self.decode_ms else out
+        return (*out, median(dec), per_request(ru0, rusage(), n)) if self.decode_ms else out
 
 
 class Served:
@@ -157,6 +220,7 @@ class Served:
     def run(self, n):
         ms, dec, c0, cpus = [], [], time.process_time(), {}
         pid = self.svc._workers[0].process.pid  # at c=1 every request goes to the first (least loaded) worker
+        ru0 = rusage(pid)
         for _ in range(n):
             d0, before = service_spent(self.svc)["decode"], tasks(pid)
             ms.append(wall_ms(self.one))
@@ -164,7 +228,8 @@ class Served:
             for tid, (ticks, cpu) in tasks(pid).items():
                 if ticks > before.get(tid, (0, 0))[0]:
                     cpus[cpu] = cpus.get(cpu, 0) + 1
-        return median(ms), round(1000 * (time.process_time() - c0) / n, 1), dict(sorted(cpus.items())), median(dec)
+        return (median(ms), round(1000 * (time.process_time() - c0) / n, 1), dict(sorted(cpus.items())), median(dec),
+                per_request(ru0, rusage(pid), n))
 
     def send(self, msg):
         self.out = self.run(msg[1])
@@ -260,7 +325,9 @@ def main():
     if mode == "worker":
         q = "shm+thread+tmp+init"
         kids = {"S": "", "H": "shm", "T": "thread", "X": "shm+thread", "Q": q, "E": q + "+export",
-                "Y": q + "+exportsync", "I": q + "+ipcmem", "V": q + "+ipcevent", "D": q + "+hold"}
+                "Y": q + "+exportsync", "I": q + "+ipcmem", "V": q + "+ipcevent", "D": q + "+hold",
+                "P": q + "+producer", "O": q + "+ownevent", "N": q + "+event", "R": q + "+timer",
+                "L": q + "+holdthread"}
         kids = {k: v for k, v in kids.items() if k in os.environ.get("C1_WORKER_BLOCKS", "SHTX")}
         for name, variant in kids.items():
             procs[name] = start(ctx, clip, variant, decode_ms=True)
@@ -268,9 +335,14 @@ def main():
         if "1" in os.environ.get("C1_WORKER_BLOCKS", ""):
             procs["1"] = (None, Served(clip, workers_per_gpu=1))
         procs["M"] = (None, Here(clip, decode_ms=True))
-        names = "M" + "".join(kids) + "W" + ("1" if "1" in procs else "")
-        for name in names * int(os.environ.get("C1_ROUNDS", "3")):
-            block(name)
+        names = list("M" + "".join(kids) + "W" + ("1" if "1" in procs else ""))
+        for r in range(int(os.environ.get("C1_ROUNDS", "3"))):
+            if os.environ.get("C1_SHUFFLE"):  # each round in another order: no block always follows the same one
+                import random
+
+                random.Random(r).shuffle(names)
+            for name in names:
+                block(name)
         for name in kids:
             procs[name][1].send(("quit",)); procs[name][0].join()
         for name in "W1":
