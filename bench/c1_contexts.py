@@ -17,7 +17,9 @@ CPUs its busy threads were last seen on (counts over the block's requests), as o
   service with one worker on the GPU) the rest of the worker's differences are covered. E's parts (``LEND``): Y
   (the lease ended at once), I (only the memory's IPC handle), V (only an interprocess event), D (no IPC, result
   held 20 ms); and theirs: P (ipc's lease table and reaper thread only), O (an interprocess event of its own), N (a
-  plain CUDA event), R (a timer thread per request, nothing held), L (result held 20 ms by one long-lived thread).
+  plain CUDA event), R (a timer thread per request, nothing held), L (result held 20 ms by one long-lived thread);
+  B and C are Q and V with the CUDA context's waits blocking (CU_CTX_SCHED_BLOCKING_SYNC: a wait then costs no CPU,
+  so CPU-ms tells the CPU's own work from waiting for the GPU).
   Blocks end with the decoding process's page faults and context switches per request (W: its first worker's); ``C1_SHUFFLE=1`` shuffles each
   round's order.
 
@@ -252,7 +254,13 @@ def facts():
 
 def proc(conn, clip, variant="", decode_ms=False):
     """Child: warm up, then answer ("run", n) with the median ms of n requests, until ("quit",). Variant "init"
-    starts as a worker does: current device set, fused kernels loaded before anything else."""
+    starts as a worker does: current device set, fused kernels loaded before anything else; "blocksync" makes the
+    GPU's primary context with blocking waits."""
+    if "blocksync" in variant and DEVICE.startswith("cuda"):  # before torch makes the primary context
+        import ctypes
+
+        cu = ctypes.CDLL("libcuda.so.1")
+        assert cu.cuInit(0) == 0 and cu.cuDevicePrimaryCtxSetFlags(int(DEVICE.split(":")[1]), 0x04) == 0
     if "init" in variant and DEVICE.startswith("cuda"):
         from mmprep import kernels
 
@@ -327,7 +335,7 @@ def main():
         kids = {"S": "", "H": "shm", "T": "thread", "X": "shm+thread", "Q": q, "E": q + "+export",
                 "Y": q + "+exportsync", "I": q + "+ipcmem", "V": q + "+ipcevent", "D": q + "+hold",
                 "P": q + "+producer", "O": q + "+ownevent", "N": q + "+event", "R": q + "+timer",
-                "L": q + "+holdthread"}
+                "L": q + "+holdthread", "B": q + "+blocksync", "C": q + "+ipcevent+blocksync"}
         kids = {k: v for k, v in kids.items() if k in os.environ.get("C1_WORKER_BLOCKS", "SHTX")}
         for name, variant in kids.items():
             procs[name] = start(ctx, clip, variant, decode_ms=True)
