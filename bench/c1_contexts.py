@@ -19,7 +19,7 @@ CPUs its busy threads were last seen on (counts over the block's requests), as o
   held 20 ms); and theirs: P (ipc's lease table and reaper thread only), O (an interprocess event of its own), N (a
   plain CUDA event), R (a timer thread per request, nothing held), L (result held 20 ms by one long-lived thread);
   B and C are Q and V with the CUDA context's waits blocking (CU_CTX_SCHED_BLOCKING_SYNC: a wait then costs no CPU,
-  so CPU-ms tells the CPU's own work from waiting for the GPU).
+  so CPU-ms tells the CPU's own work from waiting for the GPU); K waits (blocking) for the result instead of an event.
   Blocks end with the decoding process's page faults and context switches per request (W: its first worker's); ``C1_SHUFFLE=1`` shuffles each
   round's order.
 
@@ -89,6 +89,7 @@ LEND = {
     "event": "only a plain CUDA event (made once), recorded",
     "timer": "only a threading.Timer per request that wakes 20 ms later and does nothing",
     "holdthread": "no IPC: the result kept 20 ms by one long-lived thread (no thread made per request)",
+    "waitidle": "no IPC: a blocking wait until the result is done (what an export without an event would do)",
 }
 """What variants ``+<key>`` do with each request's result after it: one part of a worker's export at a time."""
 
@@ -150,6 +151,10 @@ class Runner:
             if not hasattr(self, "event"):
                 self.event = torch.cuda.Event(interprocess=self.export == "ownevent")
             self.event.record(torch.cuda.current_stream(t.device))
+        elif self.export == "waitidle":
+            from mmprep.device import wait_idle
+
+            wait_idle(torch.cuda.current_stream(t.device))
         elif self.export == "timer":
             threading.Timer(0.02, lambda: None).start()
         elif self.export == "holdthread":
@@ -335,7 +340,8 @@ def main():
         kids = {"S": "", "H": "shm", "T": "thread", "X": "shm+thread", "Q": q, "E": q + "+export",
                 "Y": q + "+exportsync", "I": q + "+ipcmem", "V": q + "+ipcevent", "D": q + "+hold",
                 "P": q + "+producer", "O": q + "+ownevent", "N": q + "+event", "R": q + "+timer",
-                "L": q + "+holdthread", "B": q + "+blocksync", "C": q + "+ipcevent+blocksync"}
+                "L": q + "+holdthread", "B": q + "+blocksync", "C": q + "+ipcevent+blocksync",
+                "K": q + "+waitidle"}
         kids = {k: v for k, v in kids.items() if k in os.environ.get("C1_WORKER_BLOCKS", "SHTX")}
         for name, variant in kids.items():
             procs[name] = start(ctx, clip, variant, decode_ms=True)
