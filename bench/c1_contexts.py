@@ -19,7 +19,8 @@ CPUs its busy threads were last seen on (counts over the block's requests), as o
   held 20 ms); and theirs: P (ipc's lease table and reaper thread only), O (an interprocess event of its own), N (a
   plain CUDA event), R (a timer thread per request, nothing held), L (result held 20 ms by one long-lived thread);
   B and C are Q and V with the CUDA context's waits blocking (CU_CTX_SCHED_BLOCKING_SYNC: a wait then costs no CPU,
-  so CPU-ms tells the CPU's own work from waiting for the GPU); K waits (blocking) for the result instead of an event.
+  so CPU-ms tells the CPU's own work from waiting for the GPU); K waits (blocking) for the result instead of an event;
+  U first starts a service of its own and opens its results (M, faster than every child in round 5, did so).
   Blocks end with the decoding process's page faults and context switches per request (W: its first worker's); ``C1_SHUFFLE=1`` shuffles each
   round's order.
 
@@ -260,7 +261,8 @@ def facts():
 def proc(conn, clip, variant="", decode_ms=False):
     """Child: warm up, then answer ("run", n) with the median ms of n requests, until ("quit",). Variant "init"
     starts as a worker does: current device set, fused kernels loaded before anything else; "blocksync" makes the
-    GPU's primary context with blocking waits."""
+    GPU's primary context with blocking waits; "consumer" first starts a one-worker service and opens its results
+    (as M, the process that started W, does)."""
     if "blocksync" in variant and DEVICE.startswith("cuda"):  # before torch makes the primary context
         import ctypes
 
@@ -271,11 +273,14 @@ def proc(conn, clip, variant="", decode_ms=False):
 
         torch.cuda.set_device(torch.device(DEVICE))
         kernels.fused(wait=True)
+    svc = Served(clip, workers_per_gpu=1) if "consumer" in variant else None  # opens a worker's results, as M does
     r = Runner(clip, variant, decode_ms)
     conn.send(("ready", facts()))
     while True:
         msg = conn.recv()
         if msg[0] == "quit":
+            if svc:
+                svc.svc.close()
             return r.close()
         conn.send(r.run(msg[1]))
 
@@ -286,7 +291,8 @@ def start(ctx, clip, variant="", decode_ms=False):
 
         ctx = tmp.get_context("spawn")
     here, there = ctx.Pipe()
-    p = ctx.Process(target=proc, args=(there, clip, variant, decode_ms), daemon=True)
+    # a "consumer" child starts service workers of its own, which a daemonic process may not
+    p = ctx.Process(target=proc, args=(there, clip, variant, decode_ms), daemon="consumer" not in variant)
     p.start()
     p.facts = here.recv()[1]
     return p, here
@@ -341,7 +347,7 @@ def main():
                 "Y": q + "+exportsync", "I": q + "+ipcmem", "V": q + "+ipcevent", "D": q + "+hold",
                 "P": q + "+producer", "O": q + "+ownevent", "N": q + "+event", "R": q + "+timer",
                 "L": q + "+holdthread", "B": q + "+blocksync", "C": q + "+ipcevent+blocksync",
-                "K": q + "+waitidle"}
+                "K": q + "+waitidle", "U": q + "+consumer"}
         kids = {k: v for k, v in kids.items() if k in os.environ.get("C1_WORKER_BLOCKS", "SHTX")}
         for name, variant in kids.items():
             procs[name] = start(ctx, clip, variant, decode_ms=True)
