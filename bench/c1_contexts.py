@@ -349,8 +349,12 @@ def main():
                 "L": q + "+holdthread", "B": q + "+blocksync", "C": q + "+ipcevent+blocksync",
                 "K": q + "+waitidle", "U": q + "+consumer"}
         kids = {k: v for k, v in kids.items() if k in os.environ.get("C1_WORKER_BLOCKS", "SHTX")}
-        for name, variant in kids.items():
-            procs[name] = start(ctx, clip, variant, decode_ms=True)
+        for name, variant in list(kids.items()):
+            try:
+                procs[name] = start(ctx, clip, variant, decode_ms=True)
+            except (EOFError, OSError) as e:  # the child died warming up: the others still run
+                out.setdefault("failed", {})[name] = f"{type(e).__name__}: {e}"
+                del kids[name]
         procs["W"] = (None, Served(clip))
         if "1" in os.environ.get("C1_WORKER_BLOCKS", ""):
             procs["1"] = (None, Served(clip, workers_per_gpu=1))
