@@ -21,8 +21,8 @@ CPUs its busy threads were last seen on (counts over the block's requests), as o
   B and C are Q and V with the CUDA context's waits blocking (CU_CTX_SCHED_BLOCKING_SYNC: a wait then costs no CPU,
   so CPU-ms tells the CPU's own work from waiting for the GPU); K waits (blocking) for the result instead of an event;
   U first starts a service of its own and opens its results (M, faster than every child in round 5, did so).
-  Blocks end with the decoding process's page faults and context switches per request (W: its first worker's); ``C1_SHUFFLE=1`` shuffles each
-  round's order.
+  Blocks end with the decoding process's page faults and context switches per request (W: its first worker's);
+  ``C1_SHUFFLE=1`` shuffles each round's order.
 
     python3 bench/c1_contexts.py h264_1080p_gop250 11 [order|launch|worker]   # clip (bench/media.py), requests per block
 
