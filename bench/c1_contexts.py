@@ -367,6 +367,7 @@ def main():
                 random.Random(r).shuffle(names)
             for name in names:
                 block(name)
+            print(json.dumps({**out, "rounds_done": r + 1}), flush=True)  # kept if a later round runs out of time
         for name in kids:
             procs[name][1].send(("quit",)); procs[name][0].join()
         for name in "W1":
