@@ -51,6 +51,13 @@ def tasks(pid="self"):
     return out
 
 
+def count_cpus(before, after, cpus):
+    """Add to ``cpus`` ({cpu: count}) the CPU each thread that ran between the ``tasks()`` snapshots was last on."""
+    for tid, (ticks, cpu) in after.items():
+        if ticks > before.get(tid, (0, 0))[0]:
+            cpus[cpu] = cpus.get(cpu, 0) + 1
+
+
 def rusage(pid=None):
     """The minor page faults and voluntary / involuntary context switches so far of this process (or ``pid``'s,
     summed over its live threads from /proc)."""
@@ -103,7 +110,7 @@ class Runner:
     "export" also lends the result's pixels by ``mmprep.ipc.share`` and marks the lease released at once (as a caller
     that opened and dropped it would), so the lease reaper runs as in a worker."""
 
-    def __init__(self, clip, variant="", decode_ms=False):
+    def __init__(self, clip, variant=frozenset(), decode_ms=False):
         data = clip_path(clip).read_bytes()
         self.idx, self.decode_ms, self.pool = sample32_of(data), decode_ms, None
         if "shm" in variant:
@@ -118,7 +125,7 @@ class Runner:
             self.pool = ThreadPoolExecutor(8)
             list(self.pool.map(lambda _: time.sleep(0.01), range(8)))  # all 8 threads started, then waiting
         self.data = data
-        self.export = next((v for v in variant.split("+") if v in LEND), "")
+        self.export = next((v for v in variant if v in LEND), "")
         for _ in range(3):
             self.one({})
         if torch.cuda.is_available():
@@ -199,9 +206,7 @@ class Runner:
             before, spent = tasks(), {}
             ms.append(wall_ms(lambda: self.one(spent)))
             dec.append(1000 * spent["decode"])
-            for tid, (ticks, cpu) in tasks().items():  # the CPU each thread that ran during the request was last on
-                if ticks > before.get(tid, (0, 0))[0]:
-                    cpus[cpu] = cpus.get(cpu, 0) + 1
+            count_cpus(before, tasks(), cpus)
         out = median(ms), round(1000 * (time.process_time() - c0) / n, 1), dict(sorted(cpus.items()))
         return (*out, median(dec), per_request(ru0, rusage(), n)) if self.decode_ms else out
 
@@ -233,9 +238,7 @@ class Served:
             d0, before = service_spent(self.svc)["decode"], tasks(pid)
             ms.append(wall_ms(self.one))
             dec.append(1000 * (service_spent(self.svc)["decode"] - d0))
-            for tid, (ticks, cpu) in tasks(pid).items():
-                if ticks > before.get(tid, (0, 0))[0]:
-                    cpus[cpu] = cpus.get(cpu, 0) + 1
+            count_cpus(before, tasks(pid), cpus)
         return (median(ms), round(1000 * (time.process_time() - c0) / n, 1), dict(sorted(cpus.items())), median(dec),
                 per_request(ru0, rusage(pid), n))
 
@@ -258,7 +261,7 @@ def facts():
     return out
 
 
-def proc(conn, clip, variant="", decode_ms=False):
+def proc(conn, clip, variant=frozenset(), decode_ms=False):
     """Child: warm up, then answer ("run", n) with the median ms of n requests, until ("quit",). Variant "init"
     starts as a worker does: current device set, fused kernels loaded before anything else; "blocksync" makes the
     GPU's primary context with blocking waits; "consumer" first starts a one-worker service and opens its results
@@ -285,7 +288,7 @@ def proc(conn, clip, variant="", decode_ms=False):
         conn.send(r.run(msg[1]))
 
 
-def start(ctx, clip, variant="", decode_ms=False):
+def start(ctx, clip, variant=frozenset(), decode_ms=False):
     if "tmp" in variant:  # started as the service starts its workers
         import torch.multiprocessing as tmp
 
@@ -348,7 +351,8 @@ def main():
                 "P": q + "+producer", "O": q + "+ownevent", "N": q + "+event", "R": q + "+timer",
                 "L": q + "+holdthread", "B": q + "+blocksync", "C": q + "+ipcevent+blocksync",
                 "K": q + "+waitidle", "U": q + "+consumer"}
-        kids = {k: v for k, v in kids.items() if k in os.environ.get("C1_WORKER_BLOCKS", "SHTX")}
+        picked = os.environ.get("C1_WORKER_BLOCKS", "SHTX")
+        kids = {k: frozenset(v.split("+")) - {""} for k, v in kids.items() if k in picked}  # a variant's parts
         for name, variant in list(kids.items()):
             try:
                 procs[name] = start(ctx, clip, variant, decode_ms=True)
