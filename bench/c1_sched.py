@@ -7,14 +7,13 @@ the CPUs / NUMA nodes the busiest thread ran on. Arms take turns.
 
 Run from the repository root. CPU ms come from /proc/<pid>/stat (10 ms ticks): read them as sums over the rounds.
 """
-import glob, json, os, statistics, sys, time
+import glob, json, os, sys, time
 
 sys.path.insert(0, "bench")
-import torch
 
 import mmprep
 from media import clip_path
-from util import sample32_of
+from util import median, sample32_of, wall_ms
 from mmprep.service import MediaService
 
 TICK_MS = 1000 / os.sysconf("SC_CLK_TCK")
@@ -75,15 +74,12 @@ def main():
         for _ in range(n):
             for k, (pid, f) in arms.items():
                 s0 = snapshot(pid)
-                t = time.perf_counter()
-                f()
-                torch.cuda.synchronize()
-                wall = 1000 * (time.perf_counter() - t)
+                wall = wall_ms(f)
                 time.sleep(0.05)  # let the worker's thread states settle before reading them
                 rows[k].append({"wall": wall, **delta(s0, snapshot(pid))})
     out = {"clip": clip, "affinity": sorted(os.sched_getaffinity(0))}
     for k, rs in rows.items():
-        out[k] = {"wall_median": round(statistics.median(r["wall"] for r in rs), 2),
+        out[k] = {"wall_median": median([r["wall"] for r in rs], 2),
                   **{f"{m}_per_round": round(sum(r[m] for r in rs) / len(rs), 2)
                      for m in ("cpu_ms", "runq_ms", "slices", "vol", "invol")},
                   "cpus": sorted({r["busiest_cpu"] for r in rs}),

@@ -14,10 +14,9 @@ if __name__ == "__mp_main__" and os.environ.get("C1_PIN_WORKER"):
     os.sched_setaffinity(0, {int(c) for c in os.environ["C1_PIN_WORKER"].split(",")})
 
 sys.path.insert(0, "bench")
-import torch
 
 from media import clip_path
-from util import PREPROCESS, decode_preprocess, median as med, sample32_of
+from util import PREPROCESS, decode_preprocess, median as med, sample32_of, wall_ms
 from mmprep.config import settings
 from mmprep.service import MediaService
 
@@ -40,10 +39,8 @@ def main():
             a, b, cpu = [], [], []
             for _ in range(n):
                 for f, out in ((here, a), (served, b)):
-                    c0, t0 = time.process_time(), time.perf_counter()
-                    f()
-                    torch.cuda.synchronize()
-                    out.append(1000 * (time.perf_counter() - t0))
+                    c0 = time.process_time()
+                    out.append(wall_ms(f))
                     if f is here:
                         cpu.append(1000 * (time.process_time() - c0))
             worker = svc.stats()["workers"][0]
