@@ -134,7 +134,7 @@ def test_sixteen_threads_concurrently_and_pool_bounded():
 
 @pytest.mark.parametrize("backend", ["cuvid", "pynvvideocodec"])
 @pytest.mark.parametrize("split", ["threads", "interleave"])
-def test_split_decode_on_two_sessions_equals_one_pass(monkeypatch, split, backend):
+def test_split_decode_on_two_sessions_equals_one_pass(monkeypatch, fresh_settings, split, backend):
     """A long plan cut at a keyframe runs on two sessions at once (the second half on a helper thread, or both fed
     by one thread in turn); the frames are those of one pass."""
     import time
@@ -167,8 +167,6 @@ def test_split_decode_on_two_sessions_equals_one_pass(monkeypatch, split, backen
     for kwargs in ({"num_frames": 16}, {"indices": [239, 0, 130, 61, 61]}):
         part = mmprep.decode_video(data, device="cuda", **kwargs)
         assert torch.equal(part.frames, off.frames[part.indices])
-    monkeypatch.undo()
-    settings.cache_clear()
 
 
 def test_sessions_are_reused_across_calls():
@@ -232,13 +230,10 @@ def test_hostile_inputs_on_cuda_leave_no_leak():
 
 
 @pytest.mark.parametrize("split", ["threads", "interleave"])
-def test_a_split_decode_of_a_damaged_stream_leaves_no_leak(monkeypatch, split):
+def test_a_split_decode_of_a_damaged_stream_leaves_no_leak(monkeypatch, fresh_settings, split):
     """Garbage in the second half of a long stream (the helper session's part): a MediaError or frames, and either
     way both sessions go back to the pool and the GPU memory to its baseline."""
-    from mmprep.config import settings
-
     monkeypatch.setenv("MMPREP_NVDEC_SPLIT", split)
-    settings.cache_clear()
     good = clip("h264", width=640, height=360, frames=240, gop=60, bframes=3)
     mmprep.decode_video(good, device="cuda")  # warm: both sessions + allocator
     torch.cuda.synchronize()
@@ -263,8 +258,6 @@ def test_a_split_decode_of_a_damaged_stream_leaves_no_leak(monkeypatch, split):
     assert torch.cuda.memory_allocated() == base_mem
     v = mmprep.decode_video(good, device="cuda")
     assert [read_index(f) for f in v.frames.cpu().numpy()] == list(range(240))
-    monkeypatch.undo()
-    settings.cache_clear()
 
 
 def test_fused_kernel_matches_torch_path():
