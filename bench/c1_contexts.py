@@ -22,7 +22,9 @@ CPUs its busy threads were last seen on (counts over the block's requests), as o
   so CPU-ms tells the CPU's own work from waiting for the GPU); K waits (blocking) for the result instead of an event;
   U first starts a service of its own and opens its results (M, faster than every child in round 5, did so).
   Blocks end with the decoding process's page faults and context switches per request (W: its first worker's);
-  ``C1_SHUFFLE=1`` shuffles each round's order.
+  ``C1_SHUFFLE=1`` shuffles each round's order. Round 6 found the slow ones fault in ~5,400 more pages a request
+  (children ~6,700, M ~2): A, F, G, Z are Q, V, L, E that keep freed host memory for reuse as workers now do
+  (``service.worker.keep_heap``), J is W with workers on glibc's default heap (``MMPREP_WORKER_HEAP_MB=0``).
 
     python3 bench/c1_contexts.py h264_1080p_gop250 11 [order|launch|worker]   # clip (bench/media.py), requests per block
 
@@ -263,9 +265,14 @@ def facts():
 
 def proc(conn, clip, variant=frozenset(), decode_ms=False):
     """Child: warm up, then answer ("run", n) with the median ms of n requests, until ("quit",). Variant "init"
-    starts as a worker does: current device set, fused kernels loaded before anything else; "blocksync" makes the
+    starts as a worker does: current device set, fused kernels loaded before anything else; "heap" keeps freed host
+    memory for reuse as a worker does (``keep_heap``); "blocksync" makes the
     GPU's primary context with blocking waits; "consumer" first starts a one-worker service and opens its results
     (as M, the process that started W, does)."""
+    if "heap" in variant:  # what a service worker does first (``MMPREP_WORKER_HEAP_MB``'s default)
+        from mmprep.service.worker import keep_heap
+
+        assert keep_heap(256)
     if "blocksync" in variant and DEVICE.startswith("cuda"):  # before torch makes the primary context
         import ctypes
 
@@ -350,7 +357,8 @@ def main():
                 "Y": q + "+exportsync", "I": q + "+ipcmem", "V": q + "+ipcevent", "D": q + "+hold",
                 "P": q + "+producer", "O": q + "+ownevent", "N": q + "+event", "R": q + "+timer",
                 "L": q + "+holdthread", "B": q + "+blocksync", "C": q + "+ipcevent+blocksync",
-                "K": q + "+waitidle", "U": q + "+consumer"}
+                "K": q + "+waitidle", "U": q + "+consumer", "A": q + "+heap", "F": q + "+ipcevent+heap",
+                "G": q + "+holdthread+heap", "Z": q + "+export+heap"}
         picked = os.environ.get("C1_WORKER_BLOCKS", "SHTX")
         kids = {k: frozenset(v.split("+")) - {""} for k, v in kids.items() if k in picked}  # a variant's parts
         for name, variant in list(kids.items()):
@@ -362,8 +370,12 @@ def main():
         procs["W"] = (None, Served(clip))
         if "1" in os.environ.get("C1_WORKER_BLOCKS", ""):
             procs["1"] = (None, Served(clip, workers_per_gpu=1))
+        if "J" in os.environ.get("C1_WORKER_BLOCKS", ""):  # W with workers on glibc's default heap
+            os.environ["MMPREP_WORKER_HEAP_MB"] = "0"
+            procs["J"] = (None, Served(clip))
+            del os.environ["MMPREP_WORKER_HEAP_MB"]
         procs["M"] = (None, Here(clip, decode_ms=True))
-        names = list("M" + "".join(kids) + "W" + ("1" if "1" in procs else ""))
+        names = list("M" + "".join(kids) + "W" + "".join(k for k in "1J" if k in procs))
         for r in range(int(os.environ.get("C1_ROUNDS", "3"))):
             if os.environ.get("C1_SHUFFLE"):  # each round in another order: no block always follows the same one
                 import random
@@ -374,7 +386,7 @@ def main():
             print(json.dumps({**out, "rounds_done": r + 1}), flush=True)  # kept if a later round runs out of time
         for name in kids:
             procs[name][1].send(("quit",)); procs[name][0].join()
-        for name in "W1":
+        for name in "W1J":
             if name in procs:
                 procs[name][1].svc.close()
         print(json.dumps(out), flush=True)

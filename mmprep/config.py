@@ -122,6 +122,9 @@ class Settings:
     service: str
     """``mmprep.service.shared()``: "" (a service of this process), "host" (the host's, at its default
     socket) or the socket path of the host's service (see ``mmprep.service.host``)."""
+    worker_heap_mb: int
+    """Service workers (glibc): MiB of freed host memory a worker keeps for reuse instead of handing it back to the
+    kernel; allocations up to 32 MiB come from that heap (0 = glibc's defaults)."""
     ipc_idle_mappings: int
     """``mmprep.ipc`` consumers: CUDA IPC mappings kept open for reuse once unused (opening one costs ~1 ms)."""
     engine_ipc: str
@@ -160,6 +163,7 @@ def settings() -> Settings:
         workers=_int("MMPREP_WORKERS", 0),
         media_cache_mb=_int("MMPREP_MEDIA_CACHE_MB", 0),
         service=os.environ.get("MMPREP_SERVICE", "").strip(),
+        worker_heap_mb=_int("MMPREP_WORKER_HEAP_MB", 256),
         ipc_idle_mappings=_int("MMPREP_IPC_IDLE_MAPPINGS", 16),
         engine_ipc=_choice("MMPREP_ENGINE_IPC", "auto", {"auto": "auto", **dict.fromkeys(("1", "true", "yes", "on"), "on"),
                                                           **dict.fromkeys(("0", "false", "no", "off"), "off")}),

@@ -33,6 +33,28 @@ SMALL_BYTES = 64 << 10
 """CPU tensors up to this size travel by value: sharing one costs a segment and a descriptor hand-off."""
 
 
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+MMAP_THRESHOLD_MAX = 32 << 20
+"""glibc's largest mmap threshold on 64-bit hosts (``DEFAULT_MMAP_THRESHOLD_MAX``)."""
+
+
+def keep_heap(mb: int) -> bool:
+    """Keep up to ``mb`` MiB of freed host memory for reuse (glibc ``mallopt``): each request's host buffers then come
+    from pages already mapped instead of fresh ones the kernel must fault in. True where it was applied (glibc)."""
+    if mb <= 0:
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to tune
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    trim = min(mb << 20, (1 << 31) - 1)
+    return bool(mallopt(M_TRIM_THRESHOLD, trim)) and bool(mallopt(M_MMAP_THRESHOLD, min(MMAP_THRESHOLD_MAX, trim)))
+
+
 def _export(t: torch.Tensor, lease_timeout: float) -> Any:
     if t.is_cuda:
         from .. import ipc
@@ -86,8 +108,10 @@ def main(index: int, device: str, requests: Connection, responses: Connection, l
     """Worker loop: warm up, say ready, then run requests on ``threads`` threads until the caller's end of the
     request pipe closes (``close()``, or the caller exited)."""
     import mmprep
+    from mmprep.config import settings
     from mmprep.errors import MediaError
 
+    keep_heap(settings().worker_heap_mb)
     send_lock = threading.Lock()  # the threads answer on one pipe; this process is its only writer
 
     def answer(msg: tuple) -> None:
