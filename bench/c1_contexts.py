@@ -371,9 +371,15 @@ def main():
         if "1" in os.environ.get("C1_WORKER_BLOCKS", ""):
             procs["1"] = (None, Served(clip, workers_per_gpu=1))
         if "J" in os.environ.get("C1_WORKER_BLOCKS", ""):  # W with workers on glibc's default heap
-            os.environ["MMPREP_WORKER_HEAP_MB"] = "0"
-            procs["J"] = (None, Served(clip))
-            del os.environ["MMPREP_WORKER_HEAP_MB"]
+            was = os.environ.get("MMPREP_WORKER_HEAP_MB")
+            os.environ["MMPREP_WORKER_HEAP_MB"] = "0"  # the workers read it when they start
+            try:
+                procs["J"] = (None, Served(clip))
+            finally:
+                if was is None:
+                    del os.environ["MMPREP_WORKER_HEAP_MB"]
+                else:
+                    os.environ["MMPREP_WORKER_HEAP_MB"] = was
         procs["M"] = (None, Here(clip, decode_ms=True))
         names = list("M" + "".join(kids) + "W" + "".join(k for k in "1J" if k in procs))
         for r in range(int(os.environ.get("C1_ROUNDS", "3"))):
